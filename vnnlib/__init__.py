@@ -1,0 +1,13 @@
+"""VNN-LIB property parsing into :class:`~vnnlib.spec.Spec` (our package; shadows PyPI's ``vnnlib``)."""
+
+from vnnlib.spec import Clause, Region, Spec
+
+__all__ = ["Clause", "Region", "Spec", "parse", "parse_text", "VnnlibError"]
+
+
+def __getattr__(name: str):  # lazy: keep ``import vnnlib.spec`` cheap
+    if name in {"parse", "parse_text", "VnnlibError"}:
+        from vnnlib import parser
+
+        return getattr(parser, name)
+    raise AttributeError(name)
