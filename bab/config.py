@@ -1,0 +1,222 @@
+"""Typed, frozen configuration tree loaded from TOML or YAML.
+
+Every option lives in a dataclass field with a default and a ``help`` metadata string; the
+reference printed by ``bab config --dump`` is generated from these fields. Unknown keys are
+rejected with a "did you mean" suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid (bad key, type or value)."""
+
+
+def opt(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
+    """A dataclass field with a help string (and optional allowed values)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class FalsifyConfig:
+    """Counterexample search run before any bounding."""
+
+    enabled: bool = opt(True, "Run the attack phase before bounding.")
+    random_samples: int = opt(2048, "Uniform random inputs tried per region (plus box centre and corners).")
+    pgd_restarts: int = opt(8, "PGD restarts per clause (random starting points in the box).")
+    pgd_steps: int = opt(60, "PGD iterations per restart.")
+    pgd_step_size: float = opt(0.1, "Initial PGD step as a fraction of each input's box width.")
+    max_batch: int = opt(4096, "Largest batch evaluated at once during the attack.")
+
+
+@dataclass(frozen=True)
+class BoundingConfig:
+    """Incomplete bounding (a Bounder from bab.bounding)."""
+
+    dtype: str = opt("float64", "Floating-point type of the final bound pass (float64 keeps the last comparison sound at little cost).", ("float32", "float64"))
+    safety_margin: float = opt(1e-6, "A clause counts as infeasible only when its lower bound exceeds this margin (absolute) plus a relative float32 slack.")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """The whole-instance pipeline."""
+
+    method: str = opt("default", "Verification method: 'default' (falsify, then IBP) or a single bounder after falsification.", ("default", "ibp"))
+    device: str = opt("cpu", "Torch device for bounding and attacks.", ("cpu", "cuda"))
+    seed: int = opt(0, "Random seed for attacks and sampling.")
+    timeout: float = opt(300.0, "Wall-clock limit in seconds for one instance.")
+    threads: int = opt(0, "Torch intra-op threads (0: leave torch's default).")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Root of the configuration tree."""
+
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    falsify: FalsifyConfig = field(default_factory=FalsifyConfig)
+    bounding: BoundingConfig = field(default_factory=BoundingConfig)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(options)})"
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check/convert a raw value to a field's type (bool, int, float, str)."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+    elif typ is int and not isinstance(value, bool):
+        try:
+            if isinstance(value, (int, str)):
+                return int(value)
+        except ValueError:
+            pass
+    elif typ is float and not isinstance(value, bool):
+        try:
+            if isinstance(value, (int, float, str)):
+                return float(value)
+        except ValueError:
+            pass
+    elif typ is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from a nested dict, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a table of options, got {data!r}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown option '{where}'{_suggest(key, names)}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value, where + ".")
+        else:
+            kwargs[key] = _coerce(value, typ, where)
+            choices = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("choices")
+            if choices and kwargs[key] not in choices:
+                raise ConfigError(f"{where}: {kwargs[key]!r} is not one of {', '.join(map(str, choices))}")
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested dicts (unknown keys raise :class:`ConfigError`)."""
+    return _build(Config, data, "")
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: {' '.join(str(exc).split())}") from None
+        return data or {}
+    raise ConfigError(f"{path}: config files must end in .toml, .yaml or .yml")
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``overrides`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``section.key=value`` into a nested dict (the value is coerced later)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    out: dict[str, Any] = {parts[-1]: value.strip()}
+    for part in reversed(parts[:-1]):
+        out = {part: out}
+    return out
+
+
+def load(path: str | Path | None = None, overrides: list[dict[str, Any]] | None = None) -> Config:
+    """Load a config file (optional) and apply override dicts in order."""
+    data: dict[str, Any] = load_file(path) if path else {}
+    for extra in overrides or []:
+        data = merge(data, extra)
+    return from_dict(data)
+
+
+def dump_reference(cls: type = Config, prefix: str = "") -> str:
+    """The options reference (TOML with help comments), generated from the dataclasses."""
+    lines: list[str] = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            lines.append(f"[{prefix}{f.name}]")
+            if typ.__doc__:
+                lines.append(f"# {typ.__doc__.strip()}")
+            lines.append(dump_reference(typ, f"{prefix}{f.name}."))
+            continue
+        choices = f.metadata.get("choices")
+        extra = f" One of: {', '.join(map(str, choices))}." if choices else ""
+        lines.append(f"# {f.metadata.get('help', '')}{extra} ({typ.__name__})")
+        lines.append(f"{f.name} = {_toml_value(f.default)}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def dump_values(cfg: Any, prefix: str = "") -> str:
+    """The effective values of a loaded config, one ``section.key = value`` per line."""
+    lines = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(dump_values(value, f"{prefix}{f.name}."))
+        else:
+            lines.append(f"{prefix}{f.name} = {_toml_value(value)}\n")
+    return "".join(lines)
