@@ -1,0 +1,104 @@
+"""The Bounder interface: lower bounds of ``C · f(x)`` over a batch of sub-domains.
+
+A sub-domain is an input box plus (optionally) fixed ReLU phases. Every bounding method of
+the SoK taxonomy plugs in behind :class:`Bounder`; each keeps one registry of per-layer rules
+and dispatches through :meth:`Registry.rule`, which raises a clear error for unknown ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Protocol, TypeVar
+
+import torch
+
+from onnx_models.layers import Layer
+from onnx_models.network import Network
+
+
+class UnsupportedLayerError(NotImplementedError):
+    """A bounding method has no rule for a layer kind."""
+
+
+R = TypeVar("R", bound=Callable[..., Any])
+
+
+class Registry(Generic[R]):
+    """One table of per-layer rules for a bounding method."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self._rules: dict[type[Layer], R] = {}
+
+    def register(self, *kinds: type[Layer]) -> Callable[[R], R]:
+        """Decorator: register ``fn`` as the rule for the given layer classes."""
+
+        def deco(fn: R) -> R:
+            for kind in kinds:
+                self._rules[kind] = fn
+            return fn
+
+        return deco
+
+    def rule(self, layer: Layer) -> R:
+        """The single dispatch point: the rule for ``layer`` or a clear error."""
+        fn = self._rules.get(type(layer))
+        if fn is None:
+            known = ", ".join(sorted(k.__name__ for k in self._rules))
+            raise UnsupportedLayerError(
+                f"bounding method '{self.method}' has no rule for layer {layer.kind}; "
+                f"it supports: {known}")
+        return fn
+
+    def supports(self, network: Network) -> list[str]:
+        """Names of the network's layer kinds this registry cannot handle (empty: all fine)."""
+        return sorted({n.layer.kind for n in network.nodes if type(n.layer) not in self._rules})
+
+
+@dataclass
+class Domains:
+    """A batch of ``N`` sub-domains.
+
+    ``lower``/``upper``: input boxes ``[N, n_in]``. ``C``: clause matrices ``[N, M, n_out]``.
+    ``phases``: optional fixed ReLU phases per ReLU node index, each ``[N, *shape]`` with
+    ``-1`` (inactive), ``0`` (free) or ``+1`` (active).
+    """
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    C: torch.Tensor
+    phases: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Number of sub-domains."""
+        return int(self.lower.shape[0])
+
+
+@dataclass
+class Bounds:
+    """What a bounder returns: lower bounds ``[N, M]`` of ``C f(x)`` and optional extras."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor | None = None
+    intermediate: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    state: Any = None
+
+
+class Bounder(Protocol):
+    """A bounding method: a name and a ``bound`` call on a batch of domains."""
+
+    name: str
+
+    def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
+        """Lower (and optionally upper) bounds of ``C f(x)`` over each domain."""
+        ...
+
+
+def clause_bounds(C: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval bounds of ``C y`` for ``y`` in ``[lo, hi]`` (``C``: [N, M, n], box: [N, n])."""
+    mid = ((lo + hi) / 2).unsqueeze(-1)
+    rad = ((hi - lo) / 2).unsqueeze(-1)
+    centre = torch.bmm(C, mid).squeeze(-1)
+    spread = torch.bmm(C.abs(), rad).squeeze(-1)
+    return centre - spread, centre + spread
