@@ -1,0 +1,128 @@
+"""Counterexample search: random sampling, then PGD on each clause's margin.
+
+The margin of a clause ``C y <= d`` is ``max_i (C y - d)_i``; it is ``<= 0`` exactly on the
+clause's unsafe set. Candidates are returned ordered by margin; nothing found here is a
+``sat`` until :mod:`bab.replay` confirms it on the original ONNX file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from bab.config import FalsifyConfig
+from onnx_models.network import Network
+from vnnlib.spec import Region
+
+PAD = 1e30  # padding rows contribute -PAD: never the max, and a rowless clause always holds
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A point whose network output (torch) satisfies a clause of ``region`` (margin <= 0)."""
+
+    x: np.ndarray
+    region: int
+    clause: int
+    margin: float
+
+
+def clause_tensors(region: Region, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack a region's clauses into ``C`` [K, m, n_out] and ``d`` [K, m], padding short ones."""
+    m = max(1, max(c.n_rows for c in region.clauses))
+    n_out = region.clauses[0].C.shape[1]
+    C = np.zeros((len(region.clauses), m, n_out))
+    d = np.full((len(region.clauses), m), PAD)
+    for k, clause in enumerate(region.clauses):
+        C[k, : clause.n_rows] = clause.C
+        d[k, : clause.n_rows] = clause.d
+    return (torch.as_tensor(C, dtype=dtype, device=device),
+            torch.as_tensor(d, dtype=dtype, device=device))
+
+
+def margins(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Margins ``[B, K]`` of outputs ``y`` [B, n_out] for every clause."""
+    return (torch.einsum("kmo,bo->bkm", C, y) - d).amax(dim=-1)
+
+
+class Falsifier:
+    """Random sampling followed by sign-gradient PGD; yields candidates lazily."""
+
+    def __init__(self, network: Network, cfg: FalsifyConfig, seed: int = 0,
+                 check_time: Callable[[], None] = lambda: None) -> None:
+        self.net = network
+        self.cfg = cfg
+        self.gen = torch.Generator().manual_seed(seed)
+        self.check_time = check_time
+        self.device = next((t.device for n in network.nodes for t in n.layer.tensors().values()),
+                           torch.device("cpu"))
+
+    def _box(self, region: Region) -> tuple[torch.Tensor, torch.Tensor]:
+        kw = dict(dtype=self.net.dtype, device=self.device)
+        return torch.as_tensor(region.lower, **kw), torch.as_tensor(region.upper, **kw)
+
+    def _sample(self, lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
+        u = torch.rand(n, lo.numel(), generator=self.gen, dtype=lo.dtype).to(lo.device)
+        return lo + u * (hi - lo)
+
+    def _eval(self, x: torch.Tensor, C: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = []
+            for chunk in torch.split(x, self.cfg.max_batch):
+                out.append(margins(self.net.forward(chunk), C, d))
+            return torch.cat(out)
+
+    def _found(self, x: torch.Tensor, marg: torch.Tensor, region: int) -> list[Candidate]:
+        """Candidates among ``x`` whose best clause margin is <= 0, best first."""
+        best, clause = marg.min(dim=1)
+        hits = torch.nonzero(best <= 0).flatten()
+        hits = hits[torch.argsort(best[hits])][:16]
+        return [Candidate(x[i].detach().double().cpu().numpy(), region, int(clause[i]), float(best[i]))
+                for i in hits.tolist()]
+
+    def random_phase(self, idx: int, region: Region) -> tuple[list[Candidate], torch.Tensor]:
+        """Centre plus uniform samples; returns hits and the samples ordered by margin."""
+        lo, hi = self._box(region)
+        C, d = clause_tensors(region, self.net.dtype, self.device)
+        x = torch.cat([((lo + hi) / 2)[None], self._sample(lo, hi, self.cfg.random_samples)])
+        marg = self._eval(x, C, d)
+        order = torch.argsort(marg.min(dim=1).values)
+        return self._found(x, marg, idx), x[order]
+
+    def pgd_phase(self, idx: int, region: Region, seeds: torch.Tensor) -> list[Candidate]:
+        """PGD on every clause's margin from the given start points plus random ones."""
+        lo, hi = self._box(region)
+        C, d = clause_tensors(region, self.net.dtype, self.device)
+        k, r = C.shape[0], self.cfg.pgd_restarts
+        starts = torch.cat([seeds[: max(1, r // 2)], self._sample(lo, hi, r)])[:r]
+        x = starts.repeat(k, 1)  # row j*r + i: clause j, start i
+        which = torch.arange(k, device=self.device).repeat_interleave(starts.shape[0])
+        width = (hi - lo).clamp(min=0)
+        step = self.cfg.pgd_step_size * width
+        for it in range(self.cfg.pgd_steps):
+            self.check_time()
+            x = x.detach().requires_grad_(True)
+            y = self.net.forward(x)
+            own = (torch.einsum("bmo,bo->bm", C[which], y) - d[which]).amax(dim=-1)
+            grad, = torch.autograd.grad(own.sum(), x)
+            with torch.no_grad():
+                x = torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi)
+            if (it + 1) % 20 == 0:
+                step = step / 2
+        x = x.detach()
+        return self._found(x, self._eval(x, C, d), idx)
+
+    def run(self, regions: tuple[Region, ...]) -> Iterator[Candidate]:
+        """Yield candidates: random phase over all regions, then PGD per region."""
+        seeds = []
+        for idx, region in enumerate(regions):
+            self.check_time()
+            hits, ordered = self.random_phase(idx, region)
+            yield from hits
+            seeds.append(ordered)
+        for idx, region in enumerate(regions):
+            if self.cfg.pgd_steps > 0 and self.cfg.pgd_restarts > 0:
+                yield from self.pgd_phase(idx, region, seeds[idx])

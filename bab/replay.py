@@ -1,0 +1,54 @@
+"""Replay a candidate counterexample on the original ONNX file with onnxruntime.
+
+A candidate becomes a ``sat`` answer only here: its input is rounded to the model's dtype
+*towards the inside* of the box, the original model is executed with onnxruntime, and the
+output must satisfy the clause strictly (no tolerance), which is stricter than the
+competition checker (``A y <= b + 1e-4``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bab.result import Counterexample
+from vnnlib.spec import Region
+
+
+def round_into_box(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast ``x`` to ``dtype``, stepping any coordinate that left ``[lower, upper]`` back inside.
+
+    A coordinate whose interval holds no representable value (a zero-width decimal bound)
+    becomes the nearest representable value to the bound.
+    """
+    dtype = np.dtype(dtype)
+    lo_c, hi_c = lower.astype(dtype), upper.astype(dtype)
+    # smallest representable value >= lower, largest <= upper
+    lo_in = np.where(lo_c.astype(np.float64) >= lower, lo_c, np.nextafter(lo_c, dtype.type(np.inf)))
+    hi_in = np.where(hi_c.astype(np.float64) <= upper, hi_c, np.nextafter(hi_c, dtype.type(-np.inf)))
+    xc = np.asarray(x, dtype=np.float64).astype(dtype)
+    xc = np.minimum(np.maximum(xc, lo_in), hi_in)
+    empty = lo_in.astype(np.float64) > hi_in.astype(np.float64)
+    return np.where(empty, lo_c, xc).astype(dtype)
+
+
+class Replayer:
+    """Checks candidates against onnxruntime; counts rejections."""
+
+    def __init__(self, reference, regions: tuple[Region, ...], dtype: str) -> None:
+        self.reference = reference
+        self.regions = regions
+        self.dtype = np.dtype(dtype)
+        self.rejected = 0
+
+    def check(self, x: np.ndarray, region: int) -> Counterexample | None:
+        """A confirmed counterexample for ``x`` in ``regions[region]``, or ``None``."""
+        reg = self.regions[region]
+        xc = round_into_box(x, reg.lower, reg.upper, self.dtype)
+        y = self.reference.run(xc.astype(np.float64)[None])[0]
+        if np.all(np.isfinite(y)) and reg.contains(xc, tol=1e-6):
+            for k, clause in enumerate(reg.clauses):
+                if clause.holds(y):
+                    return Counterexample(x=xc.astype(np.float64), y=y, region=region, clause=k,
+                                          dtype=self.dtype.name)
+        self.rejected += 1
+        return None
