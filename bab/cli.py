@@ -1,0 +1,77 @@
+"""The ``bab`` command line: a thin layer over the Python API.
+
+Exit codes: 0 for any verdict, 2 for bad input (one line on stderr, no traceback), 1 for an
+internal error. Each command lives in ``bab/commands/<name>.py`` and exposes ``register``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+
+PROCESS_START = time.monotonic()  # the competition times the whole process
+COMMANDS = ("verify", "check", "bench", "demo", "config")
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    """Raised by commands for user errors that have already been put into words."""
+
+
+def bad_input_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the user gave us bad input' (exit code 2)."""
+    from bab.api import InputMismatchError
+    from bab.config import ConfigError
+    from onnx_models.errors import OnnxModelError
+    from vnnlib.parser import VnnlibError
+
+    return (BadInput, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+            OnnxModelError, VnnlibError, InputMismatchError, ConfigError)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the problem."""
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"file not found: {exc.filename}"
+    if isinstance(exc, (IsADirectoryError, PermissionError)) and exc.filename:
+        return f"cannot read {exc.filename}: {exc.strerror}"
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every command registered."""
+    parser = argparse.ArgumentParser(
+        prog="bab", description="Complete branch-and-bound neural-network verifier (ONNX + VNN-LIB).")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"bab.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bab`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("bab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        if isinstance(exc, bad_input_types()):
+            print(f"bab {args.command}: error: {describe(exc)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if args.debug:
+            raise
+        print(f"bab {args.command}: internal error: {type(exc).__name__}: {describe(exc)} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL

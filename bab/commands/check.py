@@ -1,0 +1,113 @@
+"""``bab check``: compare the converted network with onnxruntime and check properties fit.
+
+``bab check MODEL.onnx [PROP.vnnlib ...]`` or ``bab check --instances LIST.csv``. For each
+model, 100 random inputs (inside the properties' boxes when given, else in [-1, 1]) go through
+both the converted network and onnxruntime; a difference above ``1e-4 * (1 + |reference|)``
+is a mismatch (exit 1). A property that does not fit its model is bad input (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLES = 100
+REL_TOL = 1e-4
+
+
+def register(sub: Any) -> None:
+    """Add the ``check`` sub-command."""
+    p = sub.add_parser("check", help="compare the converted network with onnxruntime",
+                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("model", nargs="?", help="network (.onnx or .onnx.gz)")
+    p.add_argument("properties", nargs="*", help="properties (.vnnlib) to check against the model")
+    p.add_argument("--instances", metavar="LIST.csv", help="check every pair of a VNN-COMP instances CSV")
+    p.add_argument("--samples", type=int, default=SAMPLES, help="random inputs per model")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class CheckReport:
+    """Outcome for one model."""
+
+    model: str
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    ok: bool = True
+    properties: list[str] = field(default_factory=list)
+
+
+def sample_inputs(boxes: list[tuple[np.ndarray, np.ndarray]], n_in: int, n: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``n`` inputs spread over the boxes (or uniform in [-1, 1] without any), corners included."""
+    if not boxes:
+        boxes = [(-np.ones(n_in), np.ones(n_in))]
+    xs = []
+    for i in range(n):
+        lo, hi = boxes[i % len(boxes)]
+        u = rng.random(n_in)
+        if i < 2 * len(boxes):  # the box's lower and upper corners first
+            u = np.full(n_in, float(i // len(boxes)))
+        xs.append(lo + u * (hi - lo))
+    return np.stack(xs)
+
+
+def check_model(model: str, props: list[str], samples: int, seed: int) -> CheckReport:
+    """Load, parse the properties against the model, and compare with onnxruntime."""
+    import vnnlib
+    from onnx_models import OnnxReference, load
+
+    network = load(model)
+    boxes = []
+    for prop in props:
+        spec = vnnlib.parse(prop, n_inputs=network.n_inputs, n_outputs=network.n_outputs)
+        boxes += [(r.lower, r.upper) for r in spec.regions]
+    x = sample_inputs(boxes, network.n_inputs, samples, np.random.default_rng(seed))
+    x = x.astype(network.io.input_dtype).astype(np.float64)
+    ours = network.evaluate(x)
+    ref = OnnxReference(model).run(x)
+    diff = np.abs(ours - ref)
+    rel = diff / (1.0 + np.abs(ref))
+    return CheckReport(model=model, max_abs=float(diff.max()), max_rel=float(rel.max()),
+                       ok=bool(np.all(rel <= REL_TOL)), properties=props)
+
+
+def instance_pairs(csv_path: str) -> dict[str, list[str]]:
+    """Model -> properties from a VNN-COMP instances CSV (paths relative to the CSV)."""
+    from bab.bench import read_instances
+
+    root = Path(csv_path).resolve().parent
+    pairs: dict[str, list[str]] = {}
+    for inst in read_instances(csv_path):
+        model = str(root / inst.onnx)
+        pairs.setdefault(model, []).append(str(root / inst.vnnlib))
+    return pairs
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check each model; exit 1 on any mismatch."""
+    from bab.cli import BadInput
+
+    if args.instances:
+        if not Path(args.instances).is_file():
+            raise FileNotFoundError(2, "No such file", args.instances)
+        pairs = instance_pairs(args.instances)
+    elif args.model:
+        pairs = {args.model: list(args.properties)}
+    else:
+        raise BadInput("give a MODEL.onnx or --instances LIST.csv")
+    failures = 0
+    for model, props in pairs.items():
+        rep = check_model(model, props, args.samples, args.seed)
+        failures += not rep.ok
+        verdict = "ok" if rep.ok else "MISMATCH"
+        print(f"{verdict:8s} {Path(model).name}: max_abs={rep.max_abs:.3g} max_rel={rep.max_rel:.3g} "
+              f"properties={len(props)}", flush=True)
+    print(f"checked {len(pairs)} model(s), {sum(len(p) for p in pairs.values())} propert(ies): "
+          f"{failures} mismatch(es)")
+    return 1 if failures else 0
