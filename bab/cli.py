@@ -24,12 +24,13 @@ class BadInput(Exception):
 def bad_input_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the user gave us bad input' (exit code 2)."""
     from bab.api import InputMismatchError
+    from bab.bench import BenchInputError
     from bab.config import ConfigError
     from onnx_models.errors import OnnxModelError
     from vnnlib.parser import VnnlibError
 
     return (BadInput, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-            OnnxModelError, VnnlibError, InputMismatchError, ConfigError)
+            OnnxModelError, VnnlibError, InputMismatchError, ConfigError, BenchInputError)
 
 
 def describe(exc: BaseException) -> str:

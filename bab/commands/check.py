@@ -81,11 +81,9 @@ def instance_pairs(csv_path: str) -> dict[str, list[str]]:
     """Model -> properties from a VNN-COMP instances CSV (paths relative to the CSV)."""
     from bab.bench import read_instances
 
-    root = Path(csv_path).resolve().parent
     pairs: dict[str, list[str]] = {}
     for inst in read_instances(csv_path):
-        model = str(root / inst.onnx)
-        pairs.setdefault(model, []).append(str(root / inst.vnnlib))
+        pairs.setdefault(str(inst.onnx_path), []).append(str(inst.vnnlib_path))
     return pairs
 
 

@@ -1,0 +1,167 @@
+"""``bab bench LIST.csv``: run a VNN-COMP instance list, score it, and summarise.
+
+Progress goes to stderr (a rich progress bar on a terminal, one line per instance otherwise),
+then a per-network table (stderr) and exactly one summary line on stdout. Exit code 0 when
+no answer was wrong, 1 otherwise, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_WRONG, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def register(sub: Any) -> None:
+    """Add the ``bench`` sub-command."""
+    p = sub.add_parser(
+        "bench", help="run and score a VNN-COMP instance list",
+        description="Run every instance of a list (onnx,vnnlib,timeout) in its own "
+                    "`bab verify` process and score the answers (VNN-COMP 2021 points, "
+                    "no time bonus).")
+    p.add_argument("list", help="instances CSV: onnx,vnnlib,timeout per line")
+    p.add_argument("--root", default=None,
+                   help="folder the list's paths are relative to (default: the list's folder)")
+    p.add_argument("--method", default=None, help="passed to `bab verify --method`")
+    p.add_argument("--timeout-cap", type=float, default=None, metavar="S",
+                   help="run each instance for at most S seconds")
+    p.add_argument("--expected", default=None, metavar="EXPECTED.csv",
+                   help="expected answers: benchmark,onnx,vnnlib,timeout,expected[,note]")
+    p.add_argument("--output", default=None, metavar="RESULTS.csv",
+                   help="write one CSV row per instance (updated as instances finish)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="instances run in parallel (default 1)")
+    p.add_argument("--extra-args", default="", metavar='"..."',
+                   help="extra arguments appended to every `bab verify` call")
+    p.set_defaults(func=run)
+
+
+class Reporter:
+    """Progress on stderr: a rich bar on a terminal, one plain line per instance otherwise."""
+
+    def __init__(self, total: int, console: Any) -> None:
+        self.total = total
+        self.console = console
+        self.rows: dict[int, Any] = {}
+        self.progress: Any = None
+        self.task: Any = None
+        self.output: Path | None = None
+
+    def __enter__(self) -> "Reporter":
+        if self.console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                                       TextColumn, TimeElapsedColumn)
+
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=12),
+                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[counts]}"),
+                console=self.console, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task("bench", total=self.total, counts="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def counts(self) -> str:
+        """Counts so far, e.g. ``sat=1 unsat=3 unk=0 t/o=0 err=0 wrong=0``."""
+        from bab.bench import summarise
+
+        s = summarise(list(self.rows.values()))
+        return (f"sat={s.sat} unsat={s.unsat} unk={s.unknown} t/o={s.timeout} "
+                f"err={s.error} wrong={s.wrong}")
+
+    def on_start(self, index: int, inst: Any) -> None:
+        """An instance started."""
+        if self.progress is not None:
+            name = f"{Path(inst.onnx).name} {Path(inst.vnnlib).name}"
+            if len(name) > 48:
+                name = name[:22] + "…" + name[-25:]
+            self.progress.update(self.task, description=f"[{index + 1}/{self.total}] {name}")
+
+    def on_done(self, index: int, row: Any) -> None:
+        """An instance finished: update counts, the bar and the results file."""
+        from bab.bench import write_results_csv
+
+        self.rows[index] = row
+        if self.output is not None:
+            write_results_csv([self.rows[i] for i in sorted(self.rows)], self.output)
+        mark = " WRONG" if row.correct == "no" else ""
+        why = f" ({row.detail[:160]})" if row.correct == "no" or row.result == "error" else ""
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, counts=self.counts())
+            if why:
+                self.progress.console.print(f"{row.result}{mark}: {row.onnx} {row.vnnlib}{why}",
+                                            markup=False, highlight=False)
+        else:
+            self.console.print(
+                f"[{len(self.rows)}/{self.total}] {row.result}{mark} {row.time_s:.2f}s "
+                f"{row.onnx} {row.vnnlib}{why}", markup=False, highlight=False, soft_wrap=True)
+
+
+def network_table(rows: list[Any]) -> Any:
+    """A rich table of per-network counts and median times."""
+    from rich.table import Table
+
+    from bab.bench import network_stats
+
+    table = Table(title="per network", title_justify="left")
+    for name in ("network", "n", "solved", "sat", "unsat", "wrong", "med s", "med solved s"):
+        if name == "network":
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, justify="right")
+    for s in network_stats(rows):
+        solved_med = "-" if s.median_solved_time_s is None else f"{s.median_solved_time_s:.2f}"
+        table.add_row(s.onnx, str(s.total), str(s.solved), str(s.sat), str(s.unsat),
+                      str(s.wrong), f"{s.median_time_s:.2f}", solved_med)
+    return table
+
+
+def _options(args: argparse.Namespace) -> Any:
+    """Bench options from the command line (raises ``BenchInputError`` on bad values)."""
+    from bab.bench import BenchInputError, BenchOptions, read_expected, verify_command
+
+    if args.jobs < 1:
+        raise BenchInputError("--jobs must be at least 1")
+    if args.timeout_cap is not None and not args.timeout_cap > 0:
+        raise BenchInputError("--timeout-cap must be positive")
+    try:
+        extra = shlex.split(args.extra_args)
+    except ValueError as exc:
+        raise BenchInputError(f"--extra-args: {exc}") from None
+    expected = read_expected(args.expected) if args.expected else {}
+    return BenchOptions(command_factory=verify_command(args.method, extra), expected=expected,
+                        timeout_cap=args.timeout_cap, jobs=args.jobs)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the list; print the table (stderr) and the summary line (stdout)."""
+    from rich.console import Console
+
+    from bab.bench import BenchInputError, read_instances, run_bench, summarise
+
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a log file: no need to wrap at 80 columns
+        console = Console(stderr=True, width=max(console.width, 140))
+    try:
+        instances = read_instances(args.list, args.root)
+        options = _options(args)
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    except (BenchInputError, OSError) as exc:
+        print(f"bab bench: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with Reporter(len(instances), console) as reporter:
+        reporter.output = Path(args.output) if args.output else None
+        rows = run_bench(instances, options, on_start=reporter.on_start,
+                         on_done=reporter.on_done)
+    console.print(network_table(rows))
+    summary = summarise(rows)
+    print(summary.line(), flush=True)
+    return EXIT_OK if summary.wrong == 0 else EXIT_WRONG
