@@ -1,6 +1,6 @@
 """``bab check``: compare the converted network with onnxruntime and check properties fit.
 
-``bab check MODEL.onnx [PROP.vnnlib ...]`` or ``bab check --instances LIST.csv``. For each
+``bab check MODEL.onnx [MODEL2.onnx ...] [PROP.vnnlib ...]`` or ``bab check --instances LIST.csv``. For each
 model, 100 random inputs (inside the properties' boxes when given, else in [-1, 1]) go through
 both the converted network and onnxruntime; a difference above ``1e-4 * (1 + |reference|)``
 is a mismatch (exit 1). A property that does not fit its model is bad input (exit 2).
@@ -23,8 +23,9 @@ def register(sub: Any) -> None:
     """Add the ``check`` sub-command."""
     p = sub.add_parser("check", help="compare the converted network with onnxruntime",
                        description=__doc__.split("\n\n")[1] if __doc__ else None)
-    p.add_argument("model", nargs="?", help="network (.onnx or .onnx.gz)")
-    p.add_argument("properties", nargs="*", help="properties (.vnnlib) to check against the model")
+    p.add_argument("paths", nargs="*", metavar="FILE",
+                   help="networks (.onnx, .onnx.gz) and properties (.vnnlib); every property is "
+                        "checked against every network given")
     p.add_argument("--instances", metavar="LIST.csv", help="check every pair of a VNN-COMP instances CSV")
     p.add_argument("--samples", type=int, default=SAMPLES, help="random inputs per model")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -95,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.instances).is_file():
             raise FileNotFoundError(2, "No such file", args.instances)
         pairs = instance_pairs(args.instances)
-    elif args.model:
-        pairs = {args.model: list(args.properties)}
+    elif args.paths:
+        models = [p for p in args.paths if p.endswith((".onnx", ".onnx.gz"))]
+        props = [p for p in args.paths if p not in models]
+        if not models:
+            raise BadInput("no network given (expected a .onnx or .onnx.gz file)")
+        pairs = {m: props for m in models}
     else:
         raise BadInput("give a MODEL.onnx or --instances LIST.csv")
     failures = 0
