@@ -1,8 +1,8 @@
 """The Python API: ``verify(model, spec, config=None, timeout=None) -> Result``.
 
 The pipeline is: falsification (random samples, then PGD per clause; every candidate replayed
-with onnxruntime), then incomplete bounding of every clause. ``unsat`` needs every clause of
-every region proven infeasible with a safety margin; anything else is ``unknown``.
+with onnxruntime), then the configured method (:mod:`bab.methods`) decides the rest. ``unsat``
+needs every clause of every region proven infeasible; anything else is ``unknown``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ import numpy as np
 import torch
 
 from bab.config import Config
+from bab.methods import get_method
 from bab.result import Counterexample, Result, Stats, Status
 from onnx_models.network import Network
-from vnnlib.spec import Region, Spec
+from vnnlib.spec import Spec
+
+
+SMALL_NETWORK_PARAMS = 200_000
 
 
 class VerifyTimeout(Exception):
@@ -89,21 +93,32 @@ class Pipeline:
         self.deadline = deadline
         self.reference = reference
         self.stats = Stats(method=cfg.verify.method)
+        self._bound_net: Network | None = None
+        self._replay = None
 
     def run(self) -> Result:
         """The verdict; never raises for a timeout."""
         torch.manual_seed(self.cfg.verify.seed)
-        if self.cfg.verify.threads > 0:
-            torch.set_num_threads(self.cfg.verify.threads)
+        threads = self.cfg.verify.threads or self._auto_threads()
+        if threads > 0:
+            torch.set_num_threads(threads)
         try:
             cex = self._attack() if self.cfg.falsify.enabled else None
             if cex is not None:
                 return self._result(Status.SAT, cex)
-            if self._prove():
-                return self._result(Status.UNSAT)
-            return self._result(Status.UNKNOWN, reason="bounds could not prove every clause")
+            t0 = time.monotonic()
+            try:
+                outcome = get_method(self.cfg.verify.method).decide(self)
+            finally:
+                self._timed("decide", t0)
+            return self._result(outcome.status, outcome.counterexample, outcome.reason)
         except VerifyTimeout:
             return self._result(Status.TIMEOUT, reason="deadline reached")
+
+    def _auto_threads(self) -> int:
+        """One thread for small networks (thread hand-off costs more than it saves), else torch's default."""
+        params = sum(t.numel() for n in self.network.nodes for t in n.layer.tensors().values())
+        return 1 if params < SMALL_NETWORK_PARAMS else 0
 
     def _result(self, status: Status, cex: Counterexample | None = None, reason: str = "") -> Result:
         elapsed = time.monotonic() - self.deadline.start
@@ -112,16 +127,37 @@ class Pipeline:
     def _timed(self, phase: str, t0: float) -> None:
         self.stats.phases[phase] = self.stats.phases.get(phase, 0.0) + time.monotonic() - t0
 
+    def replay(self, x: np.ndarray, region: int) -> Counterexample | None:
+        """Replay a candidate with onnxruntime (for methods that find counterexamples)."""
+        replayer = self._replayer()
+        if replayer is None:
+            return None
+        cex = replayer.check(x, region)
+        self.stats.replay_rejections += cex is None
+        return cex
+
+    def bound_network(self) -> Network:
+        """The network in the configured bounding dtype (a copy, made once, if it differs)."""
+        dtype = getattr(torch, self.cfg.bounding.dtype)
+        if dtype == self.network.dtype:
+            return self.network
+        if self._bound_net is None:
+            self._bound_net = copy.deepcopy(self.network).to(dtype)
+        return self._bound_net
+
     def _replayer(self):
         from bab.replay import Replayer
         from onnx_models import OnnxReference
 
+        if self._replay is not None:
+            return self._replay
         if self.reference is None:
             if not self.network.source or not Path(self.network.source).exists():
                 self.stats.notes.append("no ONNX source file to replay counterexamples on")
                 return None
             self.reference = OnnxReference(self.network.source)
-        return Replayer(self.reference, self.spec.regions, self.network.io.input_dtype)
+        self._replay = Replayer(self.reference, self.spec.regions, self.network.io.input_dtype)
+        return self._replay
 
     def _attack(self) -> Counterexample | None:
         """Falsification; the first candidate that survives replay wins."""
@@ -129,62 +165,16 @@ class Pipeline:
 
         t0 = time.monotonic()
         try:
-            replayer = self._replayer()
-            if replayer is None:
+            if self._replayer() is None:
                 return None
             falsifier = Falsifier(self.network, self.cfg.falsify, self.cfg.verify.seed,
                                   self.deadline.check)
             for cand in falsifier.run(self.spec.regions):
                 self.stats.attack_candidates += 1
-                cex = replayer.check(cand.x, cand.region)
+                cex = self.replay(cand.x, cand.region)
                 if cex is not None:
                     self.stats.proved_by = "attack"
                     return cex
-                self.stats.replay_rejections = replayer.rejected
             return None
         finally:
             self._timed("attack", t0)
-
-    def _prove(self) -> bool:
-        """True when every clause of every region is proven infeasible."""
-        from bab.bounding import get_bounder
-
-        t0 = time.monotonic()
-        try:
-            name = "ibp" if self.cfg.verify.method == "default" else self.cfg.verify.method
-            bounder = get_bounder(name)
-            dtype = getattr(torch, self.cfg.bounding.dtype)
-            net = self.network if dtype == self.network.dtype else copy.deepcopy(self.network).to(dtype)
-            for region in self.spec.regions:
-                self.deadline.check()
-                if not self._region_proven(bounder, net, region, dtype):
-                    return False
-            self.stats.proved_by = name
-            return True
-        finally:
-            self._timed("bound", t0)
-
-    def _region_proven(self, bounder, net: Network, region: Region, dtype: torch.dtype) -> bool:
-        """Bound every row of every clause at once; a clause falls when one row is > d."""
-        from bab.bounding import Domains
-
-        if any(c.n_rows == 0 for c in region.clauses):
-            return False
-        rows = np.concatenate([c.C for c in region.clauses])
-        d = np.concatenate([c.d for c in region.clauses])
-        device = self.cfg.verify.device
-        kw = dict(dtype=dtype, device=device)
-        dom = Domains(lower=torch.as_tensor(region.lower, **kw)[None],
-                      upper=torch.as_tensor(region.upper, **kw)[None],
-                      C=torch.as_tensor(rows, **kw)[None])
-        with torch.no_grad():
-            lb = bounder.bound(net, dom).lower[0].double().cpu().numpy()
-        eps = 1e-5 if dtype == torch.float32 else 1e-12
-        tol = self.cfg.bounding.safety_margin + eps * (np.abs(lb) + np.abs(d) + 1.0)
-        infeasible = np.isfinite(lb) & (lb - d > tol)
-        start = 0
-        for clause in region.clauses:
-            if not infeasible[start:start + clause.n_rows].any():
-                return False
-            start += clause.n_rows
-        return True

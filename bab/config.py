@@ -20,9 +20,21 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid (bad key, type or value)."""
 
 
-def opt(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
-    """A dataclass field with a help string (and optional allowed values)."""
+def opt(default: Any, help: str, choices: Any = None) -> Any:
+    """A dataclass field with a help string and optional allowed values (a tuple, or a
+    function returning one, for registries that grow)."""
     return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _choices(f: dataclasses.Field) -> tuple[Any, ...] | None:
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def _method_names() -> tuple[str, ...]:
+    from bab.methods import method_names
+
+    return method_names()
 
 
 @dataclass(frozen=True)
@@ -49,11 +61,11 @@ class BoundingConfig:
 class VerifyConfig:
     """The whole-instance pipeline."""
 
-    method: str = opt("default", "Verification method: 'default' (falsify, then IBP) or a single bounder after falsification.", ("default", "ibp"))
+    method: str = opt("default", "Verification method run after falsification: 'default' or a single incomplete bounder (registry: bab/methods.py).", _method_names)
     device: str = opt("cpu", "Torch device for bounding and attacks.", ("cpu", "cuda"))
     seed: int = opt(0, "Random seed for attacks and sampling.")
     timeout: float = opt(300.0, "Wall-clock limit in seconds for one instance.")
-    threads: int = opt(0, "Torch intra-op threads (0: leave torch's default).")
+    threads: int = opt(0, "Torch intra-op threads (0: automatic, one thread for small networks, else torch's default).")
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             kwargs[key] = _build(typ, value, where + ".")
         else:
             kwargs[key] = _coerce(value, typ, where)
-            choices = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("choices")
+            choices = _choices(next(f for f in dataclasses.fields(cls) if f.name == key))
             if choices and kwargs[key] not in choices:
                 raise ConfigError(f"{where}: {kwargs[key]!r} is not one of {', '.join(map(str, choices))}")
     return cls(**kwargs)
@@ -194,7 +206,7 @@ def dump_reference(cls: type = Config, prefix: str = "") -> str:
                 lines.append(f"# {typ.__doc__.strip()}")
             lines.append(dump_reference(typ, f"{prefix}{f.name}."))
             continue
-        choices = f.metadata.get("choices")
+        choices = _choices(f)
         extra = f" One of: {', '.join(map(str, choices))}." if choices else ""
         lines.append(f"# {f.metadata.get('help', '')}{extra} ({typ.__name__})")
         lines.append(f"{f.name} = {_toml_value(f.default)}")
