@@ -69,12 +69,36 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
+class BabConfig:
+    """Branch and bound (the complete search after the incomplete passes)."""
+
+    input_split_threshold: int = opt(20, "Split the input box (not ReLUs) when the network has at most this many inputs.")
+    input_branching: str = opt("smear", "Input-split brancher.", ("smear", "widest", "bound-improvement"))
+    input_bounder: str = opt("crown", "Bounders for input-split sub-boxes, cheapest first, joined by '+' (e.g. 'crown-fwd+crown'): each later one bounds only the boxes the earlier ones left open.")
+    bound_chunk: int = opt(4096, "Largest number of domains bounded in one pass (the deadline is checked between passes).")
+    batch_size: int = opt(2048, "Domains split per iteration (their children are bounded in one batched pass).")
+    order: str = opt("best-first", "Domain selection: best-first (worst bound first) or depth-first (caps memory).", ("best-first", "depth-first"))
+    max_domains: int = opt(5_000_000, "Open-domain cap (memory budget); beyond it the answer is unknown.")
+    dtype: str = opt("float32", "Floating-point type of the BaB bound passes (near-ties are re-checked in float64).", ("float32", "float64"))
+
+    def __post_init__(self) -> None:
+        if self.input_bounder == "crown":
+            return  # the default: skip importing torch just to validate it
+        from bab.bounding import BOUNDERS as known
+
+        for name in self.input_bounder.split("+"):
+            if name not in known:
+                raise ConfigError(f"bab.input_bounder: unknown bounder '{name}'{_suggest(name, list(known))}")
+
+
+@dataclass(frozen=True)
 class Config:
     """Root of the configuration tree."""
 
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     falsify: FalsifyConfig = field(default_factory=FalsifyConfig)
     bounding: BoundingConfig = field(default_factory=BoundingConfig)
+    bab: BabConfig = field(default_factory=BabConfig)
 
 
 def _hints(cls: type) -> dict[str, Any]:

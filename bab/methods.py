@@ -17,8 +17,16 @@ if TYPE_CHECKING:
 
 # name -> "module:factory"; the factory takes the method name and returns a Method.
 METHODS: dict[str, str] = {
-    "default": "bab.methods:default_method",
+    "default": "bab.bab_method:BabMethod",
+    "bab": "bab.bab_method:BabMethod",
+    "input-split": "bab.bab_method:BabMethod",
     "ibp": "bab.bound_method:BoundMethod",
+    "crown": "bab.bound_method:BoundMethod",
+    "deeppoly": "bab.bound_method:BoundMethod",
+    "fastlin": "bab.bound_method:BoundMethod",
+    "alpha-crown": "bab.bound_method:BoundMethod",
+    "symbolic": "bab.bound_method:BoundMethod",
+    "crown-fwd": "bab.bound_method:BoundMethod",
 }
 
 
@@ -53,9 +61,3 @@ def get_method(name: str) -> Method:
     module, factory = METHODS[name].split(":")
     return getattr(importlib.import_module(module), factory)(name)
 
-
-def default_method(name: str = "default") -> Method:
-    """The default pipeline's decision step: IBP for now (later issues add stronger steps)."""
-    from bab.bound_method import BoundMethod
-
-    return BoundMethod("ibp")

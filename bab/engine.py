@@ -1,0 +1,159 @@
+"""The branch-and-bound loop, shared by input-split and ReLU-split search.
+
+A :class:`SplitProblem` knows how to make root domains, bound a batch (dropping the proven
+ones), look for counterexamples in a batch, and split a batch with a Brancher. The engine
+owns the loop, the domain store, the deadline and the statistics; it never forks per kind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from bab.result import Counterexample
+from bab.store import DomainStore, TensorBatch
+
+
+@dataclass
+class BabStats:
+    """What one BaB run did."""
+
+    strategy: str = ""
+    strategy_reason: str = ""
+    domains_visited: int = 0
+    iterations: int = 0
+    max_queue: int = 0
+    max_depth: int = 0
+    unknown_leaf: int = 0
+    time_bounding: float = 0.0
+    time_branching: float = 0.0
+    time_attack: float = 0.0
+    elapsed: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def domains_per_s(self) -> float:
+        """Domains bounded per second of wall time."""
+        return self.domains_visited / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class BabOutcome:
+    """``verdict`` is ``"unsat"``, ``"sat"`` (with a replayed counterexample) or ``"unknown"``."""
+
+    verdict: str
+    counterexample: Counterexample | None = None
+    reason: str = ""
+
+
+class SplitProblem(Protocol):
+    """The domain-kind-specific half of BaB (input boxes, or ReLU phases)."""
+
+    def roots(self) -> TensorBatch:
+        """Initial domains (not yet bounded)."""
+        ...
+
+    def bound(self, batch: TensorBatch) -> TensorBatch:
+        """Bound ``batch``; return the still-open domains with a ``priority`` field."""
+        ...
+
+    def attack(self, batch: TensorBatch) -> Counterexample | None:
+        """A replayed counterexample inside one of the domains, or ``None``."""
+        ...
+
+    def split(self, batch: TensorBatch, brancher: Any) -> TensorBatch:
+        """Children of every domain of ``batch`` (two per domain, unbounded)."""
+        ...
+
+    def leaves(self, batch: TensorBatch) -> tuple[TensorBatch, TensorBatch]:
+        """Split ``batch`` into (branchable domains, leaves that cannot be split further)."""
+        ...
+
+
+@dataclass
+class EngineOptions:
+    """Loop settings."""
+
+    batch_size: int = 1024
+    order: str = "best-first"
+    max_domains: int = 5_000_000  # memory cap: beyond it the answer is unknown
+
+
+class Engine:
+    """Runs a SplitProblem to a verdict."""
+
+    def __init__(self, problem: SplitProblem, brancher: Any, options: EngineOptions,
+                 check_time: Callable[[], None], progress: Callable[[BabStats, int], None] | None = None,
+                 leaf_solver: Callable[[TensorBatch], tuple[str, Counterexample | None]] | None = None) -> None:
+        self.problem = problem
+        self.brancher = brancher
+        self.opts = options
+        self.check_time = check_time
+        self.progress = progress
+        self.leaf_solver = leaf_solver
+        self.stats = BabStats()
+
+    def _timed(self, attr: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.monotonic()
+        try:
+            return fn()
+        finally:
+            setattr(self.stats, attr, getattr(self.stats, attr) + time.monotonic() - t0)
+
+    def run(self) -> BabOutcome:
+        """Loop until the store empties (unsat), a counterexample replays (sat), or a limit."""
+        t0 = time.monotonic()
+        try:
+            return self._loop()
+        finally:
+            self.stats.elapsed = time.monotonic() - t0
+
+    def _loop(self) -> BabOutcome:
+        store = DomainStore(self.opts.order)
+        roots = self.problem.roots()
+        found = self._timed("time_attack", lambda: self.problem.attack(roots))
+        if found is not None:
+            return BabOutcome("sat", found)
+        store.push(self._timed("time_bounding", lambda: self.problem.bound(roots)))
+        self.stats.domains_visited += len(roots)
+        while len(store):
+            self.check_time()
+            if len(store) > self.opts.max_domains:
+                return BabOutcome("unknown", reason=f"more than {self.opts.max_domains} open domains")
+            batch = store.pop(self.opts.batch_size)
+            found = self._timed("time_attack", lambda: self.problem.attack(batch))
+            if found is not None:
+                return BabOutcome("sat", found)
+            batch, leaves = self.problem.leaves(batch)
+            outcome = self._close_leaves(leaves)
+            if outcome is not None:
+                return outcome
+            children = self._timed("time_branching", lambda: self.problem.split(batch, self.brancher))
+            store.push(self._timed("time_bounding", lambda: self.problem.bound(children)))
+            self._account(children, store)
+        return BabOutcome("unsat")
+
+    def _close_leaves(self, leaves: TensorBatch) -> BabOutcome | None:
+        """Decide unsplittable domains exactly, or record them as unknown leaves."""
+        if not len(leaves):
+            return None
+        if self.leaf_solver is None:
+            self.stats.unknown_leaf += len(leaves)
+            return BabOutcome("unknown", reason=f"{len(leaves)} leaf domain(s) without a leaf solver")
+        verdict, cex = self.leaf_solver(leaves)
+        if verdict == "sat":
+            return BabOutcome("sat", cex)
+        if verdict != "unsat":
+            self.stats.unknown_leaf += len(leaves)
+            return BabOutcome("unknown", reason="a leaf domain could not be decided")
+        return None
+
+    def _account(self, children: TensorBatch, store: DomainStore) -> None:
+        self.stats.iterations += 1
+        self.stats.domains_visited += len(children)
+        self.stats.max_queue = max(self.stats.max_queue, len(store))
+        if len(children) and "depth" in children.fields:
+            self.stats.max_depth = max(self.stats.max_depth, int(children["depth"].max()))
+        if self.progress is not None:
+            self.progress(self.stats, len(store))

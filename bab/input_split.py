@@ -1,0 +1,169 @@
+"""Input-split branch and bound: domains are sub-boxes of one region's input box.
+
+Every open domain carries a mask of the region's clauses it has not yet refuted. A batch of
+sub-boxes is bounded in one CROWN pass over all clause rows; a clause is refuted on a box
+when one of its rows has a lower bound above its ``d`` (with a float slack, and a float64
+re-check of rows refuted by a hair). A box with no open clause is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from bab.result import Counterexample
+from bab.store import TensorBatch
+from bab.bounding import Bounder, Domains
+from onnx_models.network import Network
+from vnnlib.spec import Region
+
+HAIR = 1e-3  # rows refuted with less relative slack than this are re-bounded in float64
+MIN_WIDTH = 1e-9  # boxes narrower than this in every dimension cannot be split further
+
+
+class InputSplitProblem:
+    """The SplitProblem for one region (see :mod:`bab.engine`)."""
+
+    def __init__(self, network: Network, region: Region, region_index: int, bounder: list[Bounder],
+                 exact_bounder: Bounder, replay: Any, margin: float = 1e-6,
+                 check_time: Any = lambda: None, chunk: int = 4096) -> None:
+        self.net = network
+        self.region = region
+        self.index = region_index
+        self.bounders = bounder  # a cascade: each later bounder sees only the survivors
+        self.exact = exact_bounder
+        self.replay = replay
+        self.margin = margin
+        self.check_time = check_time
+        self.chunk = chunk
+        self.dtype, self.device = network.dtype, _device(network)
+        kw = dict(dtype=self.dtype, device=self.device)
+        rows = np.concatenate([c.C for c in region.clauses])
+        self.C = torch.as_tensor(rows, **kw)
+        self.d = torch.as_tensor(np.concatenate([c.d for c in region.clauses]), **kw)
+        owner = np.repeat(np.arange(len(region.clauses)), [c.n_rows for c in region.clauses])
+        self.R = torch.as_tensor(owner[:, None] == np.arange(len(region.clauses))[None], device=self.device)
+        self.root_width = torch.as_tensor(region.upper - region.lower, **kw).clamp(min=MIN_WIDTH)
+        self.rowless = any(c.n_rows == 0 for c in region.clauses)
+
+    @property
+    def n_clauses(self) -> int:
+        """Number of clauses of the region."""
+        return int(self.R.shape[1])
+
+    def roots(self) -> TensorBatch:
+        """The region's box with every clause open."""
+        kw = dict(dtype=self.dtype, device=self.device)
+        return TensorBatch({
+            "lower": torch.as_tensor(self.region.lower, **kw)[None],
+            "upper": torch.as_tensor(self.region.upper, **kw)[None],
+            "open": torch.ones(1, self.n_clauses, dtype=torch.bool, device=self.device),
+            "depth": torch.zeros(1, dtype=torch.long, device=self.device),
+        })
+
+    def _row_bounds(self, bounder: Bounder, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """Lower bounds of ``C y - d`` per row, ``[N, M]`` (in chunks, checking the deadline)."""
+        net, parts = self._net_for(lower.dtype), []
+        for s in range(0, lower.shape[0], self.chunk):
+            self.check_time()
+            lo, hi = lower[s:s + self.chunk], upper[s:s + self.chunk]
+            C = self.C.to(lower.dtype).expand(lo.shape[0], *self.C.shape)
+            parts.append(bounder.bound(net, Domains(lo, hi, C)).lower.detach())
+        lb = torch.cat(parts) if parts else lower.new_zeros(0, self.C.shape[0])
+        return lb - self.d.to(lb.dtype)
+
+    def _net_for(self, dtype: torch.dtype) -> Network:
+        if dtype == self.dtype:
+            return self.net
+        if not hasattr(self, "_net64"):
+            import copy
+
+            self._net64 = copy.deepcopy(self.net).to(dtype)
+        return self._net64
+
+    def _refuted(self, gap: torch.Tensor, batch: TensorBatch) -> torch.Tensor:
+        """Rows refuted with the float slack; near-ties re-checked in float64."""
+        scale = gap.abs() + self.d.abs() + 1.0
+        slack = self.margin + (1e-5 if self.dtype == torch.float32 else 1e-12) * scale
+        refuted = gap > slack
+        hair = refuted & (gap <= HAIR * scale)
+        if self.dtype != torch.float64 and bool(hair.any()):
+            idx = hair.any(1).nonzero().flatten()
+            gap64 = self._row_bounds(self.exact, batch["lower"][idx].double(), batch["upper"][idx].double())
+            exact = gap64 > self.margin + 1e-12 * (gap64.abs() + self.d.double().abs() + 1.0)
+            refuted[idx] = exact.to(refuted.device)
+        return refuted
+
+    def bound(self, batch: TensorBatch) -> TensorBatch:
+        """Refute clauses per box; keep boxes with an open clause, prioritised by their gap."""
+        if not len(batch) or self.rowless:
+            if len(batch):
+                batch["priority"] = torch.full((len(batch),), -float("inf"), device=self.device)
+            return batch
+        for k, bounder in enumerate(self.bounders):
+            if k:
+                batch = batch.select(batch["open"].any(1))
+            gap = self._row_bounds(bounder, batch["lower"], batch["upper"])
+            refuted = self._refuted(gap, batch)
+            clause_refuted = (refuted.float() @ self.R.float()) > 0
+            batch["open"] = batch["open"] & ~clause_refuted
+        masked = torch.where(self.R[None], gap[:, :, None], torch.full_like(gap[:, :, None], -float("inf")))
+        clause_gap = masked.amax(1)  # [N, K]: clause refuted iff > slack
+        batch["priority"] = torch.where(batch["open"], clause_gap, torch.full_like(clause_gap, float("inf"))).amin(1)
+        return batch.select(batch["open"].any(1))
+
+    def attack(self, batch: TensorBatch) -> Counterexample | None:
+        """Check box centres against the open clauses; replay the best few."""
+        if not len(batch):
+            return None
+        x = (batch["lower"] + batch["upper"]) / 2
+        with torch.no_grad():
+            y = self.net.forward(x)
+        gap = torch.einsum("mo,bo->bm", self.C, y) - self.d
+        masked = torch.where(self.R[None], gap[:, :, None], torch.full_like(gap[:, :, None], -float("inf")))
+        clause_gap = masked.amax(1)
+        if self.rowless:
+            clause_gap = torch.full_like(clause_gap, -1.0)
+        clause_gap = torch.where(batch["open"], clause_gap, torch.full_like(clause_gap, float("inf")))
+        best = clause_gap.amin(1)
+        for i in torch.argsort(best)[:4].tolist():
+            if best[i] > 0:
+                break
+            cex = self.replay(x[i].double().cpu().numpy(), self.index)
+            if cex is not None:
+                return cex
+        return None
+
+    def leaves(self, batch: TensorBatch) -> tuple[TensorBatch, TensorBatch]:
+        """Boxes narrower than MIN_WIDTH everywhere cannot be split further."""
+        tiny = ((batch["upper"] - batch["lower"]) <= MIN_WIDTH).all(1)
+        return batch.select(~tiny), batch.select(tiny)
+
+    def split(self, batch: TensorBatch, brancher: Any) -> TensorBatch:
+        """Halve every box along the dimension the brancher picks."""
+        dim = brancher.choose(self, batch)
+        n = len(batch)
+        rows = torch.arange(n, device=self.device)
+        lo, hi = batch["lower"], batch["upper"]
+        mid = (lo[rows, dim] + hi[rows, dim]) / 2
+        left_hi, right_lo = hi.clone(), lo.clone()
+        left_hi[rows, dim] = mid
+        right_lo[rows, dim] = mid
+        return TensorBatch({
+            "lower": torch.cat([lo, right_lo]), "upper": torch.cat([left_hi, hi]),
+            "open": batch["open"].repeat(2, 1), "depth": (batch["depth"] + 1).repeat(2),
+        })
+
+    def open_rows(self, batch: TensorBatch) -> torch.Tensor:
+        """``[N, M]`` mask of rows that belong to a still-open clause."""
+        return (batch["open"].float() @ self.R.float().T) > 0
+
+
+def _device(network: Network) -> torch.device:
+    for node in network.nodes:
+        for t in node.layer.tensors().values():
+            return t.device
+    return torch.device("cpu")
+

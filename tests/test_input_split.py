@@ -1,0 +1,120 @@
+"""Input-split BaB: verdicts against dense enumeration, two input regions, branchers, stats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import bab
+from bab.config import BabConfig, Config, FalsifyConfig, VerifyConfig
+from bab.bab_method import choose_strategy
+from bab.result import Status
+from heuristics.input_split import BoundImprovement, Smear, Widest, get_input_brancher
+from tests.builders import random_mlp as random_mlp_onnx, write_property
+from vnnlib.spec import Clause, Region, Spec
+
+
+def _grid_min(net, lo, hi, row, n=401) -> float:
+    """Dense grid minimum of ``row . f(x)`` over a 2-D box (the oracle)."""
+    g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n))
+    x = np.stack([g0.ravel(), g1.ravel()], 1)
+    return float((net.evaluate(x) @ np.asarray(row)).min())
+
+
+def _cfg(method: str = "default", **bab_kw) -> Config:
+    # no attack phase: the search itself must find counterexamples and proofs
+    return Config(verify=VerifyConfig(method=method), falsify=FalsifyConfig(enabled=False),
+                  bab=BabConfig(**bab_kw))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_verdict_matches_dense_grid(tmp_path, seed) -> None:
+    import onnx_models
+
+    path = random_mlp_onnx(tmp_path / f"n{seed}.onnx", [2, 8, 8, 2], seed=seed)
+    net = onnx_models.load(path)
+    lo, hi, row = [-1.0, -1.0], [1.0, 1.0], [1.0, -1.0]
+    m = _grid_min(net, lo, hi, row)
+    for d, expect in ((m - 0.05, Status.UNSAT), (m + 0.05, Status.SAT)):
+        spec = Spec((Region(np.array(lo), np.array(hi), (Clause(np.array([row]), np.array([d])),)),), 2, 2)
+        res = bab.verify(path, spec, _cfg(input_branching="widest"), timeout=60)
+        assert res.status is expect, (seed, d, m, res.reason)
+        if expect is Status.SAT:
+            assert res.counterexample.y @ np.array(row) <= d
+
+
+def test_second_region_only_has_counterexample(tmp_path) -> None:
+    """Two input boxes (ACAS Xu property 6 style): only the second contains a violation."""
+    import onnx_models
+
+    path = random_mlp_onnx(tmp_path / "two.onnx", [2, 8, 2], seed=11)
+    net = onnx_models.load(path)
+    row = [1.0, 0.0]
+    m1 = _grid_min(net, [-1, -1], [0, 1], row)
+    m2 = _grid_min(net, [0.5, -1], [1, 1], row)
+    d = min(m1, m2) + 0.5 * abs(m1 - m2) if m2 < m1 else None
+    if d is None:  # make region 2 the one with the smaller output by swapping boxes
+        (lo1, hi1), (lo2, hi2) = ([0.5, -1], [1, 1]), ([-1, -1], [0, 1])
+        m1, m2 = m2, m1
+        d = m2 + 0.5 * (m1 - m2)
+    else:
+        (lo1, hi1), (lo2, hi2) = ([-1, -1], [0, 1]), ([0.5, -1], [1, 1])
+    clause = (Clause(np.array([row]), np.array([d])),)
+    spec = Spec((Region(np.array(lo1, float), np.array(hi1, float), clause),
+                 Region(np.array(lo2, float), np.array(hi2, float), clause)), 2, 2)
+    res = bab.verify(path, spec, _cfg(), timeout=60)
+    assert res.status is Status.SAT and res.counterexample.region == 1
+    assert spec.regions[1].contains(res.counterexample.x)
+    assert res.stats.extra["strategy"] == "input-split"
+
+
+def test_stats_and_strategy_reason(tmp_path) -> None:
+    path = random_mlp_onnx(tmp_path / "s.onnx", [3, 6, 2], seed=3)
+    prop = write_property(tmp_path / "s.vnnlib", [0, 0, 0], [1, 1, 1], 2, "(assert (<= Y_0 -1000))")
+    res = bab.verify(path, prop, _cfg("bab"), timeout=60)
+    assert res.status is Status.UNSAT and res.stats.extra["bab"].domains_visited >= 1
+    assert "3 inputs <= input_split_threshold 20" in res.stats.extra["strategy_reason"]
+
+
+def test_choose_strategy() -> None:
+    assert choose_strategy(5, 20)[0] == "input-split"
+    assert choose_strategy(784, 20)[0] == "relu-split"
+    assert choose_strategy(784, 20, "input-split") == ("input-split", "forced by --method input-split")
+
+
+class _Problem:
+    """Just enough of an InputSplitProblem for the branchers."""
+
+    def __init__(self) -> None:
+        from tests.irnets import chain
+        from onnx_models import layers as L
+
+        # f(x) = [10 * x0 + x1]: the first input matters ten times more
+        self.net = chain([L.Linear(torch.tensor([[10.0, 1.0]]), torch.tensor([0.0]))], (2,))
+        self.C = torch.tensor([[1.0]])
+        self.d = torch.tensor([0.0])
+        self.R = torch.tensor([[True]])
+        self.root_width = torch.tensor([1.0, 1.0])
+
+    def open_rows(self, batch):
+        return batch["open"]
+
+    def _row_bounds(self, bounder, lower, upper):
+        from bab.bounding import Domains
+
+        C = self.C.expand(lower.shape[0], 1, 1)
+        return bounder.bound(self.net, Domains(lower, upper, C)).lower - self.d
+
+
+def test_branchers_pick_expected_dimension() -> None:
+    from bab.store import TensorBatch
+
+    p = _Problem()
+    batch = TensorBatch({"lower": torch.tensor([[0.0, 0.0]]), "upper": torch.tensor([[1.0, 2.0]]),
+                         "open": torch.tensor([[True]])})
+    assert Widest().choose(p, batch).tolist() == [1]  # dimension 1 is twice as wide
+    assert Smear().choose(p, batch).tolist() == [0]  # 10 * 1 > 1 * 2
+    assert BoundImprovement().choose(p, batch).tolist() == [0]
+    with pytest.raises(ValueError, match="available"):
+        get_input_brancher("nope")
