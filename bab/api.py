@@ -145,6 +145,10 @@ class Pipeline:
             self._bound_net = copy.deepcopy(self.network).to(dtype)
         return self._bound_net
 
+    def _can_replay(self) -> bool:
+        """Whether counterexamples can be replayed (onnxruntime starts only when one is needed)."""
+        return self.reference is not None or bool(self.network.source and Path(self.network.source).exists())
+
     def _replayer(self):
         from bab.replay import Replayer
         from onnx_models import OnnxReference
@@ -165,7 +169,8 @@ class Pipeline:
 
         t0 = time.monotonic()
         try:
-            if self._replayer() is None:
+            if not self._can_replay():
+                self.stats.notes.append("no ONNX source file to replay counterexamples on")
                 return None
             falsifier = Falsifier(self.network, self.cfg.falsify, self.cfg.verify.seed,
                                   self.deadline.check)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import time
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("bab: interrupted", file=sys.stderr)
         return 130
@@ -76,3 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bab {args.command}: internal error: {type(exc).__name__}: {describe(exc)} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+    if getattr(args, "fast_exit", False):
+        # one-shot commands skip interpreter teardown (torch's takes about a second): the
+        # results file is closed and the streams are flushed, so nothing is lost
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code

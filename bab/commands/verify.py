@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds (hard)")
     p.add_argument("--results-file", default=None, help="VNN-COMP results file to write")
     add_config_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, fast_exit=True)
 
 
 class ResultWriter:
