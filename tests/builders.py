@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -70,3 +73,13 @@ def robustness_output(label: int, n_out: int) -> str:
     """``(or (and (>= Y_j Y_label)) ...)``: some other class scores at least as high."""
     parts = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(n_out) if j != label)
     return f"(assert (or {parts}))"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m bab ARGS`` from the repository root, as a user would."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "bab", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)

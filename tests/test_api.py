@@ -8,7 +8,7 @@ import pytest
 import bab
 from bab.config import Config, FalsifyConfig
 from bab.result import Status
-from tests.builders import mlp_onnx, robustness_output, write_property
+from tests.builders import mlp_onnx, write_property
 from vnnlib.spec import Clause, Region, Spec
 
 

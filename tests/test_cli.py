@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,15 +9,7 @@ import numpy as np
 import pytest
 
 from tests.builders import mlp_onnx, robustness_output, write_property
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def bab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run ``python -m bab ARGS`` from the repository root."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "bab", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=timeout)
+from tests.builders import run_bab as bab
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_models
 from onnx_models import OnnxModelError, OnnxReference, compare, load
-from onnx_models import layers as L
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp2021"
 RNG = np.random.default_rng(1234)

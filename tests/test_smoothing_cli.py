@@ -4,24 +4,13 @@ functions behind them."""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.builders import mlp_onnx
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def bab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run ``python -m bab ARGS`` from the repository root."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "bab", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=timeout)
+from tests.builders import run_bab as bab
 
 
 @pytest.fixture(scope="module")

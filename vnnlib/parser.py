@@ -425,7 +425,7 @@ class _Parser:
 def _build(groups: dict[tuple, list[list[Atom]]], glo: list[float], ghi: list[float],
            common_rows: list[Atom], n_out: int) -> tuple[Region, ...]:
     """Regions from ``{box key: [Y rows per clause]}``, with one batched numpy pass."""
-    n_reg, n_in = len(groups), len(glo)
+    n_reg = len(groups)
     lower = np.tile(np.array(glo, dtype=np.float64), (n_reg, 1))
     upper = np.tile(np.array(ghi, dtype=np.float64), (n_reg, 1))
     where: list[tuple[int, int]] = [(r, i) for r, key in enumerate(groups) for i, _, _ in key]

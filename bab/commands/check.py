@@ -66,7 +66,7 @@ def check_model(model: str, props: list[str], samples: int, seed: int) -> CheckR
     network = load(model)
     boxes = []
     for prop in props:
-        spec = vnnlib.parse(prop, n_inputs=network.n_inputs, n_outputs=network.n_outputs)
+        spec = vnnlib.parse_cached(prop, n_inputs=network.n_inputs, n_outputs=network.n_outputs)
         boxes += [(r.lower, r.upper) for r in spec.regions]
     x = sample_inputs(boxes, network.n_inputs, samples, np.random.default_rng(seed))
     x = x.astype(network.io.input_dtype).astype(np.float64)
