@@ -13,6 +13,7 @@ tightness of full CROWN at a small fraction of its cost when ``n_in`` is small.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -162,12 +163,33 @@ def forward_pass(network: Network, domains: Domains) -> tuple[list[Sym], list[tu
     return syms, boxes
 
 
+MEMORY_ELEMENTS = 1 << 26  # largest coefficient tensor per pass, in elements
+
+
+def in_chunks(network: Network, domains: Domains, fn) -> Bounds:
+    """Run ``fn`` on slices of the batch so that ``[N, n_in+1, widest layer]`` fits the budget."""
+    widest = max([network.n_inputs] + [math.prod(n.out_shape) for n in network.nodes])
+    step = max(1, MEMORY_ELEMENTS // ((network.n_inputs + 1) * widest))
+    if domains.size <= step:
+        return fn(domains)
+    parts = [fn(Domains(domains.lower[s:s + step], domains.upper[s:s + step], domains.C[s:s + step],
+                        {k: v[s:s + step] for k, v in domains.phases.items()}))
+             for s in range(0, domains.size, step)]
+    upper = None if parts[0].upper is None else torch.cat([p.upper for p in parts])
+    inter = {k: (torch.cat([p.intermediate[k][0] for p in parts]), torch.cat([p.intermediate[k][1] for p in parts]))
+             for k in parts[0].intermediate}
+    return Bounds(lower=torch.cat([p.lower for p in parts]), upper=upper, intermediate=inter)
+
+
 class Symbolic:
     """Forward symbolic intervals as a Bounder (``symbolic``)."""
 
     name = "symbolic"
 
     def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
+        return in_chunks(network, domains, lambda dom: self._bound(network, dom))
+
+    def _bound(self, network: Network, domains: Domains) -> Bounds:
         with torch.no_grad():
             syms, boxes = forward_pass(network, domains)
             n = domains.size
@@ -189,6 +211,9 @@ class CrownForward:
     name = "crown-fwd"
 
     def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
+        return in_chunks(network, domains, lambda dom: self._bound(network, dom))
+
+    def _bound(self, network: Network, domains: Domains) -> Bounds:
         from bab.bounding.crown import Crown, Options, Sweep, exact_matmul, plan_for, prepare
 
         crown = Crown("crown", intermediate="ibp", upper=False)
