@@ -69,6 +69,23 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
+class SolverConfig:
+    """Exact and LP solvers (encoders/): the milp, lp, lp-full and smt methods and BaB leaves."""
+
+    backend: str = opt("auto", "LP/MILP back end: 'auto' (Gurobi when licensed and the model fits, else OR-Tools), 'gurobi' (falls back to OR-Tools on licence/size errors) or 'ortools'.", ("auto", "gurobi", "ortools"))
+    mip_solver: str = opt("SCIP", "OR-Tools MILP solver.", ("SCIP", "CBC"))
+    lp_solver: str = opt("GLOP", "OR-Tools LP solver.", ("GLOP", "PDLP"))
+    intermediate: str = opt("auto", "Intermediate bounds for big-M constants and triangle relaxations: 'auto' (CROWN, IBP if CROWN fails), 'crown' or 'ibp'.", ("auto", "crown", "ibp"))
+    tighten: str = opt("lp", "Before the milp/smt encoding, tighten every ReLU/max-pool input bound by LP over the triangle relaxation, layer by layer ('none': use the bounder's bounds as they are).", ("lp", "none"))
+    feasibility_tol: float = opt(1e-7, "Primal feasibility and integrality tolerance passed to the solvers.")
+    margin: float = opt(1e-6, "A solver bound proves a clause infeasible only above max(margin, 10*feasibility_tol) times (1 + magnitudes).")
+    cex_margin: float = opt(1e-5, "Clause violation (relative) the MILP aims for, so that its point survives the float32 replay.")
+    z3_max_neurons: int = opt(16, "Largest number of unstable ReLUs for which Z3 re-checks a result that was decided within tolerance.")
+    recheck: bool = opt(True, "Re-check near-tolerance MILP answers and points that fail the replay with Z3 (exact) when at most z3_max_neurons neurons are unstable, instead of answering unknown.")
+    threads: int = opt(1, "Solver threads (Gurobi; SCIP and GLOP are single-threaded).")
+
+
+@dataclass(frozen=True)
 class BabConfig:
     """Branch and bound (the complete search after the incomplete passes)."""
 
@@ -99,6 +116,7 @@ class Config:
     falsify: FalsifyConfig = field(default_factory=FalsifyConfig)
     bounding: BoundingConfig = field(default_factory=BoundingConfig)
     bab: BabConfig = field(default_factory=BabConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
 
 
 def _hints(cls: type) -> dict[str, Any]:

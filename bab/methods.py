@@ -27,6 +27,10 @@ METHODS: dict[str, str] = {
     "alpha-crown": "bab.bound_method:BoundMethod",
     "symbolic": "bab.bound_method:BoundMethod",
     "crown-fwd": "bab.bound_method:BoundMethod",
+    "milp": "encoders.methods:MilpMethod",
+    "lp": "encoders.methods:LpMethod",
+    "lp-full": "encoders.methods:LpMethod",
+    "smt": "encoders.methods:SmtMethod",
 }
 
 

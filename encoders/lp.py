@@ -1,0 +1,103 @@
+"""LP bounds on the triangle relaxation: per-row clause bounds and layer-by-layer tightening.
+
+:func:`row_bounds` minimises every row of ``C y`` over the relaxation (the ``lp`` bounder's
+lower bounds). :func:`tighten` (``lp-full``) walks the ReLU and max-pool nodes in order and
+replaces the bounds of their input neurons by LP minima/maxima over the relaxation of the
+network prefix (built with the bounds tightened so far), each loosened by a relative slack of
+``eps`` (the LP's optimum is only optimal within the solver's tolerances) and intersected with
+the previous bounds, so bounds never get looser.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from encoders.backends import Dispatcher
+from encoders.decide import prove_eps
+from encoders.encoding import Bounds, encode, flat, resize
+from encoders.model import lower
+from onnx_models import layers as L
+from onnx_models.network import Network
+
+
+def row_bounds(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, C: np.ndarray,
+               cfg: Any, disp: Dispatcher, time_limit: float, phases: dict | None = None,
+               intermediate: Bounds | None = None) -> np.ndarray:
+    """LP lower bounds of each row of ``C f(x)`` (``-inf`` where the LP did not finish).
+
+    An infeasible relaxation gives ``+inf`` for every row (the domain is empty).
+    """
+    enc = encode(network, lower_box, upper_box, phases, intermediate)
+    C = np.atleast_2d(np.asarray(C, np.float64))
+    if enc.empty:
+        return np.full(C.shape[0], np.inf)
+    model = lower(enc, "lp")
+    objs = sp.csr_matrix(C @ enc.output.A)
+    res = disp.solve_many(model, objs, C @ enc.output.c, time_limit, float(cfg.feasibility_tol))
+    return np.array([_value(r) for r in res])
+
+
+def _value(res: Any) -> float:
+    if res.status == "infeasible":
+        return np.inf
+    if res.status == "optimal" and res.value is not None:
+        return float(res.value)
+    return -np.inf
+
+
+def tighten(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, intermediate: Bounds,
+            cfg: Any, disp: Dispatcher, time_limit: float, phases: dict | None = None,
+            check: Callable[[], None] | None = None) -> Bounds:
+    """``intermediate`` with the inputs of every ReLU/max-pool node tightened by LP."""
+    end = time.monotonic() + time_limit
+    bounds = {k: (flat(lo, _numel(network, k)).copy(), flat(hi, _numel(network, k)).copy())
+              for k, (lo, hi) in intermediate.items()}
+    eps = prove_eps(cfg)
+    for idx, node in enumerate(network.nodes):
+        if not isinstance(node.layer, (L.ReLU, L.MaxPool2d)) or node.inputs[0] < 0:
+            continue
+        if check is not None:
+            check()
+        j = node.inputs[0]
+        lo, hi = bounds[j]
+        sel = _selection(node.layer, lo, hi, phases.get(idx) if phases else None)
+        if sel.size == 0 or time.monotonic() >= end:
+            continue
+        enc = encode(network, lower_box, upper_box, phases, bounds, upto=j)
+        if enc.empty:
+            break
+        model = lower(enc, "lp")
+        out = enc.output.rows(sel)
+        A = resize(out.A, model.n_vars)
+        objs = sp.vstack([A, -A]).tocsr()
+        consts = np.concatenate([out.c, -out.c])
+        res = disp.solve_many(model, objs, consts, end - time.monotonic(), float(cfg.feasibility_tol))
+        vals = np.array([_value(r) for r in res])
+        k = sel.size
+        new_lo, new_hi = vals[:k], -vals[k:]
+        new_lo = new_lo - eps * (1 + np.abs(new_lo))
+        new_hi = new_hi + eps * (1 + np.abs(new_hi))
+        lo[sel] = np.maximum(lo[sel], np.where(np.isfinite(new_lo), new_lo, -np.inf))
+        hi[sel] = np.minimum(hi[sel], np.where(np.isfinite(new_hi), new_hi, np.inf))
+        bounds[j] = (lo, np.maximum(hi, lo))
+    return bounds
+
+
+def _numel(network: Network, k: int) -> int:
+    return math.prod(network.nodes[k].out_shape)
+
+
+def _selection(layer: L.Layer, lo: np.ndarray, hi: np.ndarray, phase: Any) -> np.ndarray:
+    """Neurons worth an LP: unstable (and unfixed) ReLU inputs; every max-pool input."""
+    if isinstance(layer, L.MaxPool2d):
+        return np.arange(lo.size)
+    mask = (lo < 0) & (hi > 0)
+    if phase is not None:
+        mask &= flat(phase, lo.size) == 0
+    return np.nonzero(mask)[0]
