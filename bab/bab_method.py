@@ -51,10 +51,10 @@ class BabMethod:
         return self._input_split(pipeline)
 
     def _relu_split(self, pipeline: Any) -> Outcome:
-        """Until ReLU-split BaB lands: the strongest incomplete bounder, never a guess."""
-        from bab.bound_method import BoundMethod
+        """ReLU-split BaB with beta-CROWN bounds (see :mod:`bab.relu_bab`)."""
+        from bab.relu_bab import relu_split_method
 
-        return BoundMethod("alpha-crown").decide(pipeline)
+        return relu_split_method(pipeline)
 
     def _input_split(self, pipeline: Any) -> Outcome:
         totals = BabStats(strategy="input-split")

@@ -97,6 +97,10 @@ class BabConfig:
     order: str = opt("best-first", "Domain selection: best-first (worst bound first) or depth-first (caps memory).", ("best-first", "depth-first"))
     max_domains: int = opt(5_000_000, "Open-domain cap (memory budget); beyond it the answer is unknown.")
     dtype: str = opt("float32", "Floating-point type of the BaB bound passes (near-ties are re-checked in float64).", ("float32", "float64"))
+    relu_branching: str = opt("fsb", "ReLU-split brancher: 'fsb' (filtered smart branching: top candidates by BaBSR and intercept scores, each tried with a cheap bound pass), 'babsr' or 'widest' (baseline).", ("fsb", "babsr", "widest"))
+    fsb_candidates: int = opt(3, "FSB: candidates taken from each of its two score filters.")
+    relu_batch_size: int = opt(256, "ReLU-split domains split per iteration (both children of each are bounded in one batched pass); capped by memory_budget_mb.")
+    memory_budget_mb: int = opt(4096, "Memory for ReLU-split BaB: caps the domain batch and the number of open domains (beyond it the answer is unknown).")
 
     def __post_init__(self) -> None:
         if self.input_bounder == "crown":
@@ -109,6 +113,24 @@ class BabConfig:
 
 
 @dataclass(frozen=True)
+class BetaConfig:
+    """beta-CROWN, the bounder of ReLU-split BaB: optimised ReLU slopes (alpha) and split multipliers (beta)."""
+
+    iterations: int = opt(20, "Projected Adam steps per batch of sub-domains (warm-started from the parents).")
+    lr_alpha: float = opt(0.1, "Adam step size of the ReLU slopes.")
+    lr_beta: float = opt(0.05, "Adam step size of the split multipliers.")
+    lr_decay: float = opt(0.98, "Step-size decay per Adam step.")
+    root_iterations: int = opt(20, "alpha-CROWN steps at the root (every clause row of the region at once).")
+    root_optimize_intermediate: bool = opt(True, "At the root, also optimise the slopes of the intermediate-bound passes (tighter boxes for every sub-domain; skipped when too large).")
+    intermediate: str = opt("after-split", "Intermediate bounds of children: 'after-split' (CROWN passes with the fixed phases for the layers above the newest split), 'all', or 'none' (the parent's boxes).", ("after-split", "all", "none"))
+    intermediate_depth: int = opt(8, "Recompute intermediate bounds only for children at most this deep; deeper ones reuse their parent's boxes.")
+    intermediate_share: float = opt(0.3, "... and only while the recomputing passes have taken at most this share of the BaB run's time.")
+    attack: bool = opt(True, "Try the minimising input corners of the bounds (and a few PGD steps from the best) as counterexamples during the search.")
+    attack_steps: int = opt(10, "PGD steps from the most promising corners per bounded batch (0: corners only).")
+    leaf_time_limit: float = opt(10.0, "Seconds the exact leaf solver may spend on one fully split domain.")
+
+
+@dataclass(frozen=True)
 class Config:
     """Root of the configuration tree."""
 
@@ -116,6 +138,7 @@ class Config:
     falsify: FalsifyConfig = field(default_factory=FalsifyConfig)
     bounding: BoundingConfig = field(default_factory=BoundingConfig)
     bab: BabConfig = field(default_factory=BabConfig)
+    beta: BetaConfig = field(default_factory=BetaConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
 
 

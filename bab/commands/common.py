@@ -12,6 +12,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="TOML or YAML configuration file")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="torch device")
     p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--branching", choices=("babsr", "fsb", "widest"), default=None,
+                   help="ReLU-split brancher (bab.relu_branching)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one configuration option (repeatable)")
 
@@ -29,4 +31,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
         flags["timeout"] = args.timeout
     if flags:
         overrides.append({"verify": flags})
+    if getattr(args, "branching", None) is not None:
+        overrides.append({"bab": {"relu_branching": args.branching}})
     return C.load(args.config, overrides)

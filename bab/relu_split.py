@@ -1,0 +1,429 @@
+"""ReLU-split branch and bound: domains fix the phases of unstable ReLU neurons.
+
+Each clause of the region is its own BaB root; all roots share one alpha-CROWN pass over the
+region box (every clause row at once, optionally with optimised intermediate slopes), whose
+intermediate boxes and per-row slopes seed the roots. A domain (one row of a TensorBatch)
+records its root (clause), fixed phases (``ph<relu>``, int8 -1/0/+1), the output boxes of the
+nodes whose intervals matter (``lo<node>``/``hi<node>``), the warm start inherited from its
+parent (``al<relu>`` slopes and ``be<relu>`` multipliers, ``[M, *shape]``), its depth, the
+ReLU it was split on last (``split``), its number of free unstable neurons and, once bounded,
+its ``priority`` = the clause's best row margin ``max_r (lb_r - d_r)`` (the clause is refuted
+when that exceeds the float slack; lower = more urgent).
+
+Bounding is beta-CROWN (:mod:`bab.bounding.beta`) over the whole batch of children in one
+pass; infeasible children (contradictory phases) and refuted ones are dropped. Rows refuted
+by a hair are re-checked in float64 with slightly widened boxes. The minimising input corner
+of every bound is tried as a counterexample (and a few PGD steps start from the most
+promising ones); a candidate only counts once it replays with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from bab.bounding.base import Domains
+from bab.bounding.beta import BetaCrown, BetaState
+from bab.bounding.crown import plan_for
+from bab.result import Counterexample
+from bab.store import TensorBatch
+from onnx_models import layers as L
+from onnx_models.network import Network
+from vnnlib.spec import Region
+
+HAIR = 1e-3  # refutations with less relative slack than this are re-checked in float64
+
+
+@dataclass
+class ReluSplitOptions:
+    """Settings of :class:`ReluSplitProblem` (filled from ``bab`` and ``beta`` config sections)."""
+
+    margin: float = 1e-6
+    root_iterations: int = 20
+    root_optimize_intermediate: bool = True
+    root_alpha_elements: int = 20_000_000
+    root_time_limit: float | None = None  # seconds for the root's slope optimisation
+    refine: str = "after-split"  # which intermediate bounds children recompute: after-split|all|none
+    refine_depth: int = 8  # ... only for children at most this deep (deeper ones reuse the parent's)
+    refine_share: float = 0.3  # ... and only while refined batches took at most this share of the run
+    attack: bool = True
+    attack_top: int = 8
+    attack_steps: int = 10
+    leaf_time_limit: float = 10.0
+    eval_chunk: int = 4096
+
+
+class ReluSplitProblem:
+    """The SplitProblem for one region (see :mod:`bab.engine`)."""
+
+    def __init__(self, network: Network, region: Region, region_index: int, bounder: BetaCrown,
+                 replay: Callable[[np.ndarray, int], Counterexample | None],
+                 options: ReluSplitOptions | None = None, check_time: Callable[[], None] = lambda: None,
+                 leaf_solver: Any = None) -> None:
+        self.net, self.region, self.index = network, region, region_index
+        self.bounder, self.replay = bounder, replay
+        self.opts = options or ReluSplitOptions()
+        self.check_time = check_time
+        self.leaf_solver = leaf_solver
+        p = next(t for n in network.nodes for t in n.layer.tensors().values())
+        self.dtype, self.device = p.dtype, p.device
+        kw = dict(dtype=self.dtype, device=self.device)
+        self.lower = torch.as_tensor(region.lower, **kw).reshape(1, -1)
+        self.upper = torch.as_tensor(region.upper, **kw).reshape(1, -1)
+        self._clause_tensors(kw)
+        self.plan = plan_for(network)
+        nodes = network.nodes
+        self.relus = [i for i, n in enumerate(nodes) if isinstance(n.layer, L.ReLU) and n.inputs[0] >= 0]
+        self.pre = {r: nodes[r].inputs[0] for r in self.relus}
+        self.stats: dict[str, Any] = {"infeasible": 0, "hair_rechecks": 0, "attack_candidates": 0,
+                                      "bound_calls": 0, "adam_steps": 0}
+        self.global_lb = -float("inf")
+        self._cex: Counterexample | None = None
+        self._exact: BetaCrown | None = None
+        self._roots: TensorBatch | None = None
+        self._times = {"refined": 0.0, "plain": 0.0}
+        self._t0 = time.monotonic()
+        self.branchable: list[int] = []
+        self.stored: list[int] = []
+
+    def _clause_tensors(self, kw: dict) -> None:
+        """Per clause: rows ``C`` ``[K, M, n_out]`` and ``d`` ``[K, M]`` padded with ``d = +inf``."""
+        clauses = self.region.clauses
+        M = max([1] + [c.n_rows for c in clauses])
+        n_out = self.net.n_outputs
+        C = np.zeros((len(clauses), M, n_out))
+        d = np.full((len(clauses), M), np.inf)
+        for k, c in enumerate(clauses):
+            C[k, :c.n_rows], d[k, :c.n_rows] = c.C, c.d
+        self.C, self.d = torch.as_tensor(C, **kw), torch.as_tensor(d, **kw)
+        self.valid = torch.isfinite(self.d)
+
+    # --- roots -------------------------------------------------------------------------------
+
+    def roots(self) -> TensorBatch:
+        """One domain per clause, seeded by a shared alpha-CROWN pass over every row (cached)."""
+        if self._roots is None:
+            self._roots = self._make_roots()
+        return self._roots
+
+    def _make_roots(self) -> TensorBatch:
+        from bab.bounding.alpha import AlphaCrown
+
+        K, M = self.d.shape
+        C_all = self.C[self.valid][None]
+        dom = Domains(self.lower, self.upper, C_all)
+        opt_int = self.opts.root_optimize_intermediate and self._alpha_elements() <= self.opts.root_alpha_elements
+        self.check_time()
+        res = AlphaCrown(iterations=self.opts.root_iterations, optimize_intermediate=opt_int, upper=False,
+                         time_limit=self.opts.root_time_limit).bound(self.net, dom)
+        self.check_time()
+        boxes = res.intermediate or {}
+        self.branchable = [r for r in self.relus if bool(_unstable(*boxes[self.pre[r]]).any())]
+        self.stored = sorted({self.pre[r] for r in self.branchable} | set(self.plan.crown_nodes))
+        batch = TensorBatch({"root": torch.arange(K, device=self.device),
+                             "depth": torch.zeros(K, dtype=torch.long, device=self.device),
+                             "split": torch.full((K,), -1, dtype=torch.long, device=self.device)})
+        for j in self.stored:
+            lo, hi = boxes[j]
+            batch[f"lo{j}"], batch[f"hi{j}"] = lo.expand(K, *lo.shape[1:]).clone(), hi.expand(K, *hi.shape[1:]).clone()
+        owner = self.valid.nonzero()  # (clause, row) of every stacked row, in order
+        for r in self.branchable:
+            shape = tuple(self.net.nodes[r].out_shape)
+            batch[f"ph{r}"] = torch.zeros(K, *shape, dtype=torch.int8, device=self.device)
+            alpha = torch.zeros(K, M, *shape, dtype=self.dtype, device=self.device)
+            got = res.state.alphas.get(("final", r)) if res.state is not None else None
+            if got is not None:
+                alpha[owner[:, 0], owner[:, 1]] = got[0].to(alpha)
+            else:
+                lo, hi = boxes[self.pre[r]]
+                alpha[:] = (hi >= -lo).to(alpha).reshape(1, 1, *shape)
+            batch[f"al{r}"] = alpha
+            batch[f"be{r}"] = torch.zeros(K, M, *shape, dtype=self.dtype, device=self.device)
+        batch["unstable"] = self._count_unstable(batch)
+        return batch
+
+    def _alpha_elements(self) -> int:
+        """Upper estimate of the intermediate slopes optimised at the root."""
+        numel = self.plan.numel
+        return sum(2 * numel[s] * sum(numel[r] for r in self.plan.relus_before[s]) for s in self.plan.crown_nodes)
+
+    def bytes_per_domain(self, batch: TensorBatch) -> int:
+        """Memory one stored domain takes."""
+        return sum(v[:1].numel() * v.element_size() for v in batch.fields.values())
+
+    # --- bounding ----------------------------------------------------------------------------
+
+    def domains_of(self, batch: TensorBatch, dtype: torch.dtype | None = None) -> Domains:
+        """The bounder's view of a batch: region box, clause rows and fixed phases."""
+        n, dt = len(batch), dtype or self.dtype
+        root = batch["root"]
+        return Domains(self.lower.expand(n, -1).to(dt), self.upper.expand(n, -1).to(dt), self.C[root].to(dt),
+                       {r: batch[f"ph{r}"] for r in self.branchable})
+
+    def state_of(self, batch: TensorBatch, refine: set[int] | None = None, widen: float = 0.0) -> BetaState:
+        """Warm start (slopes, multipliers) and floor boxes of a batch."""
+        boxes = {}
+        for j in self.stored:
+            lo, hi = batch[f"lo{j}"], batch[f"hi{j}"]
+            if widen:
+                pad = widen * (1.0 + lo.abs() + hi.abs())
+                lo, hi = lo.double() - pad, hi.double() + pad
+            boxes[j] = (lo, hi)
+        return BetaState({r: batch[f"al{r}"] for r in self.branchable}, {r: batch[f"be{r}"] for r in self.branchable},
+                         boxes, refine, self.d[batch["root"]])
+
+    def _refine(self, batch: TensorBatch) -> set[int] | None:
+        """CROWN-refined nodes: those above the earliest split of the batch (per the option)."""
+        mode = self.opts.refine
+        if mode == "all":
+            return None
+        if mode == "none" or not len(batch) or int(batch["split"].max()) < 0:
+            return set()
+        first = int(batch["split"][batch["split"] >= 0].min())
+        return {i for i in self.plan.crown_nodes if i > first}
+
+    def bound(self, batch: TensorBatch) -> TensorBatch:
+        """beta-CROWN on the batch (shallow children with refined intermediate bounds, the
+        rest reusing their parents'); drop infeasible and refuted domains, set priorities."""
+        if not len(batch):
+            return batch
+        shallow = batch["depth"] <= self.opts.refine_depth
+        if self._times["refined"] > self.opts.refine_share * (time.monotonic() - self._t0):
+            shallow = torch.zeros_like(shallow)
+        if self.opts.refine == "none" or bool(shallow.all()) or not bool(shallow.any()):
+            return self._bound(batch, bool(shallow.all()))
+        return TensorBatch.cat([self._bound(batch.select(shallow), True), self._bound(batch.select(~shallow), False)])
+
+    def _bound(self, batch: TensorBatch, refine: bool) -> TensorBatch:
+        t0 = time.monotonic()
+        try:
+            return self._bound_now(batch, refine)
+        finally:
+            self._times["refined" if refine else "plain"] += time.monotonic() - t0
+
+    def _bound_now(self, batch: TensorBatch, refine: bool) -> TensorBatch:
+        self.check_time()
+        nodes = self._refine(batch) if refine else set()
+        res = self.bounder.run(self.net, self.domains_of(batch), self.state_of(batch, nodes), primal=self.opts.attack)
+        for j in self.stored:
+            batch[f"lo{j}"], batch[f"hi{j}"] = res.boxes[j][0].to(self.dtype), res.boxes[j][1].to(self.dtype)
+        for r in self.branchable:
+            if r in res.alphas:
+                batch[f"al{r}"] = res.alphas[r].detach().to(self.dtype)
+            if r in res.betas:
+                batch[f"be{r}"] = res.betas[r].detach().to(self.dtype)
+        self.stats["bound_calls"] += 1
+        self.stats["adam_steps"] += res.iterations
+        d = self.d[batch["root"]]
+        gap = res.lower.to(self.dtype) - d
+        self.stats["infeasible"] += int(res.infeasible.sum())
+        refuted = self._refuted(gap, d, batch, res.infeasible)
+        gap = torch.where(self.valid[batch["root"]], gap, torch.full_like(gap, -float("inf")))
+        batch["priority"] = gap.amax(1)
+        batch["unstable"] = self._count_unstable(batch)
+        open_ = ~(refuted | res.infeasible)
+        if self.opts.attack and res.primal is not None and self._cex is None:
+            self._try_primal(res.primal[open_], batch.select(open_))
+        return batch.select(open_)
+
+    def _refuted(self, gap: torch.Tensor, d: torch.Tensor, batch: TensorBatch,
+                 infeasible: torch.Tensor) -> torch.Tensor:
+        """Per domain: some row's bound clears the float slack (near-ties re-checked in float64)."""
+        fin = torch.isfinite(gap) & torch.isfinite(d)
+        g = torch.where(fin, gap, torch.full_like(gap, -float("inf")))
+        scale = g.abs().nan_to_num(posinf=0.0, neginf=0.0) + d.abs().nan_to_num(posinf=0.0) + 1.0
+        rel = 1e-5 if self.dtype == torch.float32 else 1e-12
+        rows = g > self.opts.margin + rel * scale
+        hair = rows & (g <= HAIR * scale) & ~infeasible[:, None]
+        if self.dtype != torch.float64 and bool(hair.any()):
+            idx = hair.any(1).nonzero().flatten()
+            self.stats["hair_rechecks"] += int(idx.numel())
+            exact = self._exact_gap(batch.select(idx))
+            ok = exact > self.opts.margin + 1e-12 * (exact.abs() + d[idx].double().abs() + 1.0)
+            rows[idx] = torch.where(hair[idx], ok.to(rows.device), rows[idx])
+        return rows.any(1) & ~infeasible
+
+    def _exact_gap(self, batch: TensorBatch) -> torch.Tensor:
+        """Row margins re-evaluated in float64 with the saved parameters and widened boxes."""
+        if self._exact is None:
+            self._exact = BetaCrown(iterations=0, dtype=torch.float64, device=self.device)
+        state = self.state_of(batch, widen=1e-5)
+        lower, _ = self._exact.evaluate(self.net, self.domains_of(batch, torch.float64), state)
+        return lower - self.d[batch["root"]].double()
+
+    def _count_unstable(self, batch: TensorBatch) -> torch.Tensor:
+        """Free neurons whose pre-activation interval straddles zero, per domain."""
+        total = torch.zeros(len(batch), dtype=torch.long, device=self.device)
+        for r in self.branchable:
+            j = self.pre[r]
+            u = _unstable(batch[f"lo{j}"], batch[f"hi{j}"]) & (batch[f"ph{r}"] == 0)
+            total += u.flatten(1).sum(1)
+        return total
+
+    # --- attacks -----------------------------------------------------------------------------
+
+    def clause_value(self, x: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+        """``max_r (C_r f(x) - d_r)`` over the valid rows of each candidate's clause (<= 0: violated)."""
+        y = self.net.forward(x)
+        val = torch.einsum("nmo,no->nm", self.C[root], y) - self.d[root]
+        return torch.where(self.valid[root], val, torch.full_like(val, -float("inf"))).amax(1)
+
+    def _try_primal(self, primal: torch.Tensor, batch: TensorBatch) -> None:
+        """Check the bounds' minimising corners, then PGD from the most promising few."""
+        if not len(batch):
+            return
+        n, M, n_in = primal.shape
+        root = batch["root"].repeat_interleave(M)
+        x = primal.reshape(n * M, n_in).to(self.dtype)
+        with torch.no_grad():
+            val = self.clause_value(x, root)
+        order = torch.argsort(val)[: self.opts.attack_top]
+        x, root, val = x[order], root[order], val[order]
+        if self.opts.attack_steps > 0 and bool((val > 0).all()):
+            x = self._pgd(x, root)
+            with torch.no_grad():
+                val = self.clause_value(x, root)
+        for i in torch.argsort(val)[:4].tolist():
+            if val[i] > 0:
+                break
+            self.stats["attack_candidates"] += 1
+            cex = self.replay(x[i].double().cpu().numpy(), self.index)
+            if cex is not None:
+                self._cex = cex
+                return
+
+    def _pgd(self, x: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+        """A few signed-gradient steps minimising the clause value inside the region box."""
+        lo, hi = self.lower, self.upper
+        step = 0.1 * (hi - lo)
+        x = x.detach().clone()
+        with torch.enable_grad():
+            for t in range(self.opts.attack_steps):
+                x.requires_grad_(True)
+                val = self.clause_value(x, root)
+                g, = torch.autograd.grad(val.sum(), x)
+                x = torch.minimum(torch.maximum(x.detach() - step * (0.7 ** t) * g.sign(), lo), hi)
+        return x.detach()
+
+    def attack(self, batch: TensorBatch) -> Counterexample | None:
+        """The counterexample found while bounding, if any (also records the global bound)."""
+        if len(batch) and "priority" in batch.fields:
+            self.global_lb = float(batch["priority"].min())
+        return self._cex
+
+    # --- leaves and splitting ----------------------------------------------------------------
+
+    def leaves(self, batch: TensorBatch) -> tuple[TensorBatch, TensorBatch]:
+        """Domains without a free unstable ReLU are linear leaves."""
+        leaf = batch["unstable"] == 0
+        return batch.select(~leaf), batch.select(leaf)
+
+    def decide_leaves(self, leaves: TensorBatch) -> tuple[str, Counterexample | None]:
+        """The Engine's leaf hook: an exact solver per leaf; ``unsat`` when all are infeasible."""
+        for i in range(len(leaves)):
+            self.check_time()
+            leaf = leaves.select(torch.tensor([i], device=self.device))
+            k = int(leaf["root"][0])
+            rows = self.valid[k]
+            phases = {r: leaf[f"ph{r}"][0].cpu().numpy() for r in self.branchable}
+            boxes = {j: tuple(t[0].cpu().numpy() for t in box) for j, box in self.state_of(leaf, widen=1e-6).boxes.items()}
+            res = self.leaf_solver.decide(self.net, self.region.lower, self.region.upper,
+                                          self.C[k][rows].cpu().double().numpy(), self.d[k][rows].cpu().double().numpy(),
+                                          phases, boxes, self.opts.leaf_time_limit)
+            if res.status == "infeasible":
+                continue
+            if res.status == "feasible" and res.x is not None:
+                cex = self.replay(np.asarray(res.x, np.float64), self.index)
+                if cex is not None:
+                    return "sat", cex
+            return "unknown", None
+        return "unsat", None
+
+    def locate(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global neuron indices -> (position in ``branchable``, neuron index inside that ReLU)."""
+        sizes = torch.tensor([math.prod(self.net.nodes[r].out_shape) for r in self.branchable], device=flat.device)
+        ends = sizes.cumsum(0)
+        which = torch.searchsorted(ends, flat, right=True)
+        return which, flat - (ends - sizes)[which]
+
+    def with_splits(self, batch: TensorBatch, flat: torch.Tensor, sign: int) -> TensorBatch:
+        """Copies of ``batch`` with neuron ``flat[i]`` of domain ``i`` fixed to ``sign``."""
+        out = TensorBatch(dict(batch.fields))
+        which, local = self.locate(flat)
+        rows = torch.arange(len(batch), device=self.device)
+        split = batch["split"].clone()
+        for w, r in enumerate(self.branchable):
+            sel = which == w
+            if not bool(sel.any()):
+                continue
+            ph = batch[f"ph{r}"].clone()
+            ph.view(len(batch), -1)[rows[sel], local[sel]] = sign
+            out[f"ph{r}"] = ph
+            split[sel] = r
+        out["split"] = split
+        return out
+
+    def split(self, batch: TensorBatch, brancher: Any) -> TensorBatch:
+        """Two children per domain (active, inactive) on the neuron the brancher picks."""
+        if not len(batch):
+            return batch
+        flat = brancher.choose(self, batch)
+        kids = TensorBatch.cat([self.with_splits(batch, flat, 1), self.with_splits(batch, flat, -1)])
+        kids["depth"] = kids["depth"] + 1
+        return kids
+
+    # --- data for branchers ------------------------------------------------------------------
+
+    def branch_data(self, batch: TensorBatch) -> list[dict[str, torch.Tensor]]:
+        """Per branchable ReLU: input bounds, free-unstable mask, coefficient ``lA`` and bias."""
+        _, sw = self.bounder.evaluate(self.net, self.domains_of(batch), self.state_of(batch), capture=True)
+        valid = self.valid[batch["root"]].to(self.dtype)
+        out = []
+        for r in self.branchable:
+            j, n = self.pre[r], len(batch)
+            lo, hi = batch[f"lo{j}"].reshape(n, -1), batch[f"hi{j}"].reshape(n, -1)
+            parts = sw.captured.get(r)
+            if parts:
+                A = torch.cat(parts, 1).reshape(n, valid.shape[1], -1)
+                lA = (A * valid[:, :, None]).sum(1)
+            else:
+                lA = torch.zeros_like(lo)
+            free = (batch[f"ph{r}"].reshape(n, -1) == 0) & _unstable(lo, hi)
+            out.append({"relu": r, "lo": lo, "hi": hi, "unstable": free, "lA": lA, "bias": self._bias(j)})
+        return out
+
+    def _bias(self, j: int) -> torch.Tensor | None:
+        """The bias of node ``j`` per output neuron (Linear/Conv2d), else ``None``."""
+        layer = self.net.nodes[j].layer
+        if isinstance(layer, L.Linear) and layer.bias is not None:
+            return layer.bias.reshape(-1)
+        if isinstance(layer, L.Conv2d) and layer.bias is not None:
+            shape = self.net.nodes[j].out_shape
+            return layer.bias.reshape(-1, 1, 1).expand(*shape).reshape(-1)
+        return None
+
+    def try_splits(self, batch: TensorBatch, cand: torch.Tensor) -> torch.Tensor:
+        """Children margins ``[N, K, 2]`` of splitting each domain on each candidate (one pass,
+        the parents' parameters and boxes, no optimisation)."""
+        n, K = cand.shape
+        rep = batch.select(torch.arange(n, device=self.device).repeat(K))
+        flat = cand.T.reshape(-1)
+        kids = TensorBatch.cat([self.with_splits(rep, flat, 1), self.with_splits(rep, flat, -1)])
+        gaps = []
+        for s in range(0, len(kids), self.opts.eval_chunk):
+            part = kids.select(torch.arange(s, min(len(kids), s + self.opts.eval_chunk), device=self.device))
+            lower, _ = self.bounder.evaluate(self.net, self.domains_of(part), self.state_of(part))
+            g = lower.to(self.dtype) - self.d[part["root"]]
+            g = torch.where(self.valid[part["root"]], g, torch.full_like(g, -float("inf")))
+            gaps.append(g.amax(1))
+        return torch.cat(gaps).reshape(2, K, n).permute(2, 1, 0)
+
+
+def _unstable(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    return (lo < 0) & (hi > 0)
