@@ -82,7 +82,8 @@ class ReluSplitProblem:
         self.relus = [i for i, n in enumerate(nodes) if isinstance(n.layer, L.ReLU) and n.inputs[0] >= 0]
         self.pre = {r: nodes[r].inputs[0] for r in self.relus}
         self.stats: dict[str, Any] = {"infeasible": 0, "hair_rechecks": 0, "attack_candidates": 0,
-                                      "bound_calls": 0, "adam_steps": 0}
+                                      "bound_calls": 0, "adam_steps": 0,
+                                      "lp_leaves": 0, "milp_leaves": 0}
         self.global_lb = -float("inf")
         self._cex: Counterexample | None = None
         self._exact: BetaCrown | None = None
@@ -336,6 +337,8 @@ class ReluSplitProblem:
             res = self.leaf_solver.decide(self.net, self.region.lower, self.region.upper,
                                           self.C[k][rows].cpu().double().numpy(), self.d[k][rows].cpu().double().numpy(),
                                           phases, boxes, self.opts.leaf_time_limit)
+            key = f"{getattr(res, 'kind', '') or 'solver'}_leaves"
+            self.stats[key] = self.stats.get(key, 0) + 1
             if res.status == "infeasible":
                 continue
             if res.status == "feasible" and res.x is not None:

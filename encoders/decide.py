@@ -137,6 +137,7 @@ class LeafResult:
     status: str
     x: np.ndarray | None = None
     reason: str = ""
+    kind: str = ""  # "lp" (the domain was linear: exact LP) or "milp"
 
 
 class LeafSolver:
@@ -158,14 +159,17 @@ class LeafSolver:
             enc = encode(network, _np(region_lower), _np(region_upper), phases, intermediate)
         except UnsupportedNetwork as exc:
             return LeafResult("unknown", reason=str(exc))
+        kind = "lp" if enc.n_unstable == 0 else "milp"
         res = solve_clause(enc, C, d, self.cfg, end - time.monotonic(), self.disp)
         if res.status == "unknown" and res.value is not None:
             res = z3_recheck(enc, C, d, self.cfg, end - time.monotonic()) or res
         if res.status == "infeasible":
-            return LeafResult("infeasible", reason=res.reason)
+            return LeafResult("infeasible", reason=res.reason, kind=kind)
         if res.status == "feasible":
-            return self._checked(network, res.x, C, d)
-        return LeafResult("unknown", reason=res.reason or res.status)
+            out = self._checked(network, res.x, C, d)
+            out.kind = kind
+            return out
+        return LeafResult("unknown", reason=res.reason or res.status, kind=kind)
 
     def _checked(self, network: Network, x: np.ndarray, C: np.ndarray, d: np.ndarray) -> LeafResult:
         """A candidate counts as feasible when the float64 forward pass agrees within tolerance."""

@@ -2,8 +2,9 @@
 
 For each network, box and property (sat and unsat both occur: ``d`` comes from sampled output
 ranges), these must agree: ``milp`` through the API with each back end (OR-Tools; Gurobi
-where its size-limited licence allows), ``smt`` (Z3) through the API, and an independent
-decision by enumeration of activation patterns (one scipy LP per pattern of the neurons that
+where its size-limited licence allows), ``smt`` (Z3) through the API, ``bab`` (input-split on
+these small inputs), ``bab`` forced to split ReLUs (``input_split_threshold = 0``), and an
+independent decision by enumeration of activation patterns (one scipy LP per pattern of the neurons that
 interval arithmetic leaves unstable) where there are at most 8 such neurons; a dense sample
 that violates the property forces ``sat``.
 """
@@ -17,7 +18,7 @@ import pytest
 import scipy.optimize
 
 import bab
-from bab.config import Config, FalsifyConfig, SolverConfig, VerifyConfig
+from bab.config import BabConfig, Config, FalsifyConfig, SolverConfig, VerifyConfig
 from bab.result import Status
 from tests.builders import mlp_onnx
 from vnnlib.spec import Clause, Region, Spec
@@ -113,9 +114,10 @@ def _enumerate(ws, bs, lo, hi, C, d) -> str | None:
     return "sat" if best <= 0 else "unsat"
 
 
-def _verify(path, spec, method: str, backend: str = "auto") -> Status:
+def _verify(path, spec, method: str, backend: str = "auto", threshold: int | None = None) -> Status:
+    bab_cfg = BabConfig() if threshold is None else BabConfig(input_split_threshold=threshold)
     cfg = Config(verify=VerifyConfig(method=method, timeout=60), falsify=FalsifyConfig(enabled=False),
-                 solver=SolverConfig(backend=backend))
+                 solver=SolverConfig(backend=backend), bab=bab_cfg)
     return bab.verify(path, spec, cfg).status
 
 
@@ -138,7 +140,9 @@ def test_milp_smt_enumeration_agree(cases) -> None:
     enumerated = 0
     for seed, path, spec, (ws, bs, lo, hi, C, d) in cases:
         got = {"milp-ortools": _verify(path, spec, "milp", "ortools"),
-               "smt": _verify(path, spec, "smt")}
+               "smt": _verify(path, spec, "smt"),
+               "bab": _verify(path, spec, "bab"),  # input-split on these low-dimensional boxes
+               "bab-relu": _verify(path, spec, "bab", threshold=0)}  # forced ReLU-split
         try:
             import gurobipy  # noqa: F401
             got["milp-gurobi"] = _verify(path, spec, "milp", "gurobi")

@@ -256,7 +256,10 @@ def test_leaves_decided_by_the_leaf_solver(tmp_path, d, expect) -> None:
     path, spec = _abs_instance(tmp_path, d)
     res = bab.verify(path, spec, _cfg("babsr"), timeout=60)
     assert res.status is expect, res.reason
-    assert res.stats.extra["bab"].max_depth == 2
+    stats = res.stats.extra["bab"]
+    assert stats.max_depth == 2
+    assert stats.extra["lp_leaves"] >= 1  # the fully split domains went to the exact LP
+    assert stats.extra["milp_leaves"] == 0
 
 
 def test_leaves_without_solver_are_unknown(tmp_path, monkeypatch) -> None:
