@@ -98,7 +98,7 @@ def run_input_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome,
 
 def _merge(total: BabStats, part: BabStats) -> None:
     """Add one region's statistics to the totals."""
-    for name in ("domains_visited", "iterations", "unknown_leaf"):
+    for name in ("domains_visited", "iterations", "unknown_leaf", "leaves_closed"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
     for name in ("time_bounding", "time_branching", "time_attack", "elapsed"):
         setattr(total, name, getattr(total, name) + getattr(part, name))

@@ -128,6 +128,9 @@ class BetaConfig:
     attack: bool = opt(True, "Try the minimising input corners of the bounds (and a few PGD steps from the best) as counterexamples during the search.")
     attack_steps: int = opt(10, "PGD steps from the most promising corners per bounded batch (0: corners only).")
     leaf_time_limit: float = opt(10.0, "Seconds the exact leaf solver may spend on one fully split domain.")
+    milp_unstable: int = opt(3, "Domains with at most this many free unstable ReLUs (and at least one) are tried once by MILP before splitting on (0: only fully split domains go to the solver).")
+    milp_time_limit: float = opt(2.0, "Seconds MILP may spend on one such partly split domain; undecided ones go back to splitting.")
+    milp_share: float = opt(0.2, "Partly split domains go to MILP only while those tries have taken at most this share of the BaB run's time.")
 
 
 @dataclass(frozen=True)

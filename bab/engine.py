@@ -26,6 +26,7 @@ class BabStats:
     max_queue: int = 0
     max_depth: int = 0
     unknown_leaf: int = 0
+    leaves_closed: int = 0  # domains the leaf solver proved to hold no counterexample
     time_bounding: float = 0.0
     time_branching: float = 0.0
     time_attack: float = 0.0
@@ -85,7 +86,7 @@ class Engine:
 
     def __init__(self, problem: SplitProblem, brancher: Any, options: EngineOptions,
                  check_time: Callable[[], None], progress: Callable[[BabStats, int], None] | None = None,
-                 leaf_solver: Callable[[TensorBatch], tuple[str, Counterexample | None]] | None = None) -> None:
+                 leaf_solver: Callable[[TensorBatch], tuple[Any, ...]] | None = None) -> None:
         self.problem = problem
         self.brancher = brancher
         self.opts = options
@@ -126,28 +127,36 @@ class Engine:
             if found is not None:
                 return BabOutcome("sat", found)
             batch, leaves = self.problem.leaves(batch)
-            outcome = self._close_leaves(leaves)
+            outcome, back = self._close_leaves(leaves)
             if outcome is not None:
                 return outcome
+            if back is not None and len(back):
+                batch = TensorBatch.cat([batch, back]) if len(batch) else back
             children = self._timed("time_branching", lambda: self.problem.split(batch, self.brancher))
             store.push(self._timed("time_bounding", lambda: self.problem.bound(children)))
             self._account(children, store)
         return BabOutcome("unsat")
 
-    def _close_leaves(self, leaves: TensorBatch) -> BabOutcome | None:
-        """Decide unsplittable domains exactly, or record them as unknown leaves."""
+    def _close_leaves(self, leaves: TensorBatch) -> tuple[BabOutcome | None, TensorBatch | None]:
+        """Decide unsplittable domains exactly, or record them as unknown leaves.
+
+        The hook returns ``(verdict, counterexample)`` or ``(verdict, counterexample, back)``
+        where ``back`` holds domains it did not settle but that can still be split.
+        """
         if not len(leaves):
-            return None
+            return None, None
         if self.leaf_solver is None:
             self.stats.unknown_leaf += len(leaves)
-            return BabOutcome("unknown", reason=f"{len(leaves)} leaf domain(s) without a leaf solver")
-        verdict, cex = self.leaf_solver(leaves)
+            return BabOutcome("unknown", reason=f"{len(leaves)} leaf domain(s) without a leaf solver"), None
+        verdict, cex, *rest = self.leaf_solver(leaves)
+        back = rest[0] if rest else None
         if verdict == "sat":
-            return BabOutcome("sat", cex)
+            return BabOutcome("sat", cex), None
         if verdict != "unsat":
-            self.stats.unknown_leaf += len(leaves)
-            return BabOutcome("unknown", reason="a leaf domain could not be decided")
-        return None
+            self.stats.unknown_leaf += len(leaves) - (len(back) if back is not None else 0)
+            return BabOutcome("unknown", reason="a leaf domain could not be decided"), None
+        self.stats.leaves_closed += len(leaves) - (len(back) if back is not None else 0)
+        return None, back
 
     def _account(self, children: TensorBatch, store: DomainStore) -> None:
         self.stats.iterations += 1

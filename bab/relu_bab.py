@@ -49,7 +49,10 @@ def problem_options(cfg: Any, remaining: float | None = None) -> Any:
         refine_share=_opt(beta, "intermediate_share", base.refine_share),
         attack=_opt(beta, "attack", base.attack),
         attack_steps=_opt(beta, "attack_steps", base.attack_steps),
-        leaf_time_limit=_opt(beta, "leaf_time_limit", base.leaf_time_limit))
+        leaf_time_limit=_opt(beta, "leaf_time_limit", base.leaf_time_limit),
+        milp_unstable=_opt(beta, "milp_unstable", base.milp_unstable),
+        milp_time_limit=_opt(beta, "milp_time_limit", base.milp_time_limit),
+        milp_share=_opt(beta, "milp_share", base.milp_share))
 
 
 def make_bounder(cfg: Any) -> Any:
@@ -121,6 +124,7 @@ def run_relu_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, 
     bounder.deadline = pipeline.deadline.check
     problem = ReluSplitProblem(net, region, index, bounder, pipeline.replay,
                                problem_options(cfg, pipeline.deadline.remaining()), pipeline.deadline.check, leaf)
+    problem.remaining = pipeline.deadline.remaining
     name = _opt(cfg.bab, "relu_branching", "fsb")
     brancher = get_relu_brancher(name, k=_opt(cfg.bab, "fsb_candidates", 3)) if name == "fsb" else get_relu_brancher(name)
     t0 = time.monotonic()

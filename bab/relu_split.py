@@ -56,6 +56,9 @@ class ReluSplitOptions:
     attack_top: int = 8
     attack_steps: int = 10
     leaf_time_limit: float = 10.0
+    milp_unstable: int = 3  # domains with at most this many free unstable ReLUs try MILP once
+    milp_time_limit: float = 2.0  # ... for at most this long each
+    milp_share: float = 0.2  # ... while such tries took at most this share of the run
     eval_chunk: int = 4096
 
 
@@ -71,6 +74,7 @@ class ReluSplitProblem:
         self.opts = options or ReluSplitOptions()
         self.check_time = check_time
         self.leaf_solver = leaf_solver
+        self.remaining: Callable[[], float] = lambda: float("inf")  # seconds left (leaf solver limits)
         p = next(t for n in network.nodes for t in n.layer.tensors().values())
         self.dtype, self.device = p.dtype, p.device
         kw = dict(dtype=self.dtype, device=self.device)
@@ -88,7 +92,7 @@ class ReluSplitProblem:
         self._cex: Counterexample | None = None
         self._exact: BetaCrown | None = None
         self._roots: TensorBatch | None = None
-        self._times = {"refined": 0.0, "plain": 0.0}
+        self._times = {"refined": 0.0, "plain": 0.0, "milp": 0.0}
         self._t0 = time.monotonic()
         self.branchable: list[int] = []
         self.stored: list[int] = []
@@ -129,7 +133,8 @@ class ReluSplitProblem:
         self.stored = sorted({self.pre[r] for r in self.branchable} | set(self.plan.crown_nodes))
         batch = TensorBatch({"root": torch.arange(K, device=self.device),
                              "depth": torch.zeros(K, dtype=torch.long, device=self.device),
-                             "split": torch.full((K,), -1, dtype=torch.long, device=self.device)})
+                             "split": torch.full((K,), -1, dtype=torch.long, device=self.device),
+                             "milp": torch.zeros(K, dtype=torch.int8, device=self.device)})
         for j in self.stored:
             lo, hi = boxes[j]
             batch[f"lo{j}"], batch[f"hi{j}"] = lo.expand(K, *lo.shape[1:]).clone(), hi.expand(K, *hi.shape[1:]).clone()
@@ -321,32 +326,61 @@ class ReluSplitProblem:
     # --- leaves and splitting ----------------------------------------------------------------
 
     def leaves(self, batch: TensorBatch) -> tuple[TensorBatch, TensorBatch]:
-        """Domains without a free unstable ReLU are linear leaves."""
+        """Linear leaves (no free unstable ReLU), plus, with a leaf solver, domains with at most
+        ``milp_unstable`` left that have not been tried yet (while MILP stays in its time share)."""
         leaf = batch["unstable"] == 0
+        if self._milp_allowed() and "milp" in batch.fields:
+            leaf |= (batch["unstable"] <= self.opts.milp_unstable) & (batch["milp"] == 0)
         return batch.select(~leaf), batch.select(leaf)
 
-    def decide_leaves(self, leaves: TensorBatch) -> tuple[str, Counterexample | None]:
-        """The Engine's leaf hook: an exact solver per leaf; ``unsat`` when all are infeasible."""
+    def _milp_allowed(self) -> bool:
+        if self.leaf_solver is None or self.opts.milp_unstable <= 0:
+            return False
+        return self._times["milp"] <= self.opts.milp_share * (time.monotonic() - self._t0)
+
+    def decide_leaves(self, leaves: TensorBatch) -> tuple[str, Counterexample | None, TensorBatch]:
+        """The Engine's leaf hook: an exact solver per leaf; ``unsat`` when every linear leaf
+        is infeasible. Partly split domains the solver does not settle in ``milp_time_limit``
+        (or once MILP has used its time share) go back to splitting, marked as tried."""
+        back = []
         for i in range(len(leaves)):
             self.check_time()
             leaf = leaves.select(torch.tensor([i], device=self.device))
-            k = int(leaf["root"][0])
-            rows = self.valid[k]
-            phases = {r: leaf[f"ph{r}"][0].cpu().numpy() for r in self.branchable}
-            boxes = {j: tuple(t[0].cpu().numpy() for t in box) for j, box in self.state_of(leaf, widen=1e-6).boxes.items()}
-            res = self.leaf_solver.decide(self.net, self.region.lower, self.region.upper,
-                                          self.C[k][rows].cpu().double().numpy(), self.d[k][rows].cpu().double().numpy(),
-                                          phases, boxes, self.opts.leaf_time_limit)
-            key = f"{getattr(res, 'kind', '') or 'solver'}_leaves"
-            self.stats[key] = self.stats.get(key, 0) + 1
+            linear = int(leaf["unstable"][0]) == 0
+            if not linear and not self._milp_allowed():
+                back.append(i)
+                continue
+            t0 = time.monotonic()
+            limit = self.opts.leaf_time_limit if linear else self.opts.milp_time_limit
+            res = self._solve_leaf(leaf, max(0.05, min(limit, self.remaining())))
+            if not linear:
+                self._times["milp"] += time.monotonic() - t0
             if res.status == "infeasible":
                 continue
             if res.status == "feasible" and res.x is not None:
                 cex = self.replay(np.asarray(res.x, np.float64), self.index)
                 if cex is not None:
-                    return "sat", cex
-            return "unknown", None
-        return "unsat", None
+                    return "sat", cex, leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
+            if linear:
+                return "unknown", None, leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
+            back.append(i)
+        rest = leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
+        if len(rest):
+            rest["milp"] = torch.ones_like(rest["milp"])
+        return "unsat", None, rest
+
+    def _solve_leaf(self, leaf: TensorBatch, time_limit: float) -> Any:
+        """The leaf solver on one domain (its clause rows, fixed phases and widened boxes)."""
+        k = int(leaf["root"][0])
+        rows = self.valid[k]
+        phases = {r: leaf[f"ph{r}"][0].cpu().numpy() for r in self.branchable}
+        boxes = {j: tuple(t[0].cpu().numpy() for t in box) for j, box in self.state_of(leaf, widen=1e-6).boxes.items()}
+        res = self.leaf_solver.decide(self.net, self.region.lower, self.region.upper,
+                                      self.C[k][rows].cpu().double().numpy(), self.d[k][rows].cpu().double().numpy(),
+                                      phases, boxes, time_limit)
+        key = f"{getattr(res, 'kind', '') or 'solver'}_leaves"
+        self.stats[key] = self.stats.get(key, 0) + 1
+        return res
 
     def locate(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global neuron indices -> (position in ``branchable``, neuron index inside that ReLU)."""

@@ -76,3 +76,18 @@ def test_memory_cap_and_deadline() -> None:
 
     with pytest.raises(Stop):
         Engine(Scripted(proven_depth=50), None, EngineOptions(), check).run()
+
+
+def test_leaf_solver_can_send_domains_back_to_splitting() -> None:
+    """Domains the hook returns go on being split; the others count as closed."""
+    calls = []
+
+    def hook(leaves):
+        calls.append(len(leaves))
+        keep = leaves.select(leaves["depth"] < 2)  # undecided: split on
+        return "unsat", None, keep
+
+    problem = Scripted(proven_depth=3, leaf_depth=1)
+    eng = Engine(problem, None, EngineOptions(batch_size=4), lambda: None, leaf_solver=hook)
+    assert eng.run().verdict == "unsat"
+    assert eng.stats.leaves_closed > 0 and len(calls) > 1

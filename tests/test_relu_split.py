@@ -116,12 +116,13 @@ def random_instance(tmp: Path, seed: int):
     return path, spec, sat
 
 
-def _cfg(branching: str = "fsb", attack: bool = True, **bab_kw) -> Config:
+def _cfg(branching: str = "fsb", attack: bool = True, milp_unstable: int = 0, **bab_kw) -> Config:
     """Forced ReLU-split BaB without the attack phase (the search must decide alone; without
-    ``attack`` also without candidates from the bounds, so sat answers come from the leaves)."""
+    ``attack`` also without candidates from the bounds, so sat answers come from the leaves).
+    MILP on partly split domains is off unless ``milp_unstable`` says otherwise."""
     return Config(verify=VerifyConfig(method="bab"), falsify=FalsifyConfig(enabled=False),
                   bab=BabConfig(input_split_threshold=0, relu_branching=branching, **bab_kw),
-                  beta=BetaConfig(attack=attack))
+                  beta=BetaConfig(attack=attack, milp_unstable=milp_unstable))
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -133,6 +134,20 @@ def test_verdict_matches_exact_enumeration(tmp_path, seed) -> None:
     if sat:
         clause_ok = [np.all(c.C @ res.counterexample.y <= c.d + 1e-5) for c in spec.regions[0].clauses]
         assert any(clause_ok)
+
+
+def test_partly_split_domains_go_to_milp(tmp_path) -> None:
+    """With a generous ``milp_unstable`` open roots go to MILP at once; verdicts stay exact."""
+    used = 0
+    for seed in range(30, 38):
+        path, spec, sat = random_instance(tmp_path, seed)
+        res = bab.verify(path, spec, _cfg("babsr", attack=False, milp_unstable=1000), timeout=60)
+        assert res.status is (Status.SAT if sat else Status.UNSAT), (seed, res.reason)
+        stats = res.stats.extra["bab"]
+        used += stats.extra["milp_leaves"] > 0
+        if not sat and stats.extra["milp_leaves"]:
+            assert stats.leaves_closed >= 1
+    assert used >= 4  # the others were refuted by the root bound alone
 
 
 # --- beta-CROWN -------------------------------------------------------------------------------
