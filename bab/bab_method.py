@@ -61,6 +61,7 @@ class BabMethod:
         for index, region in enumerate(pipeline.spec.regions):
             outcome, stats = run_input_split(pipeline, region, index)
             _merge(totals, stats)
+            totals.extra.update(stats.extra)
             pipeline.stats.extra["bab"] = totals
             if outcome.verdict == "sat":
                 pipeline.stats.proved_by = "input-split bab (attack)"
@@ -75,6 +76,7 @@ def run_input_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome,
     """Input-split BaB on one region."""
     from bab.bounding import get_bounder
     from bab.input_split import InputSplitProblem
+    from bab.relu_bab import make_leaf_solver
     from heuristics.input_split import get_input_brancher
 
     cfg = pipeline.cfg.bab
@@ -86,13 +88,18 @@ def run_input_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome,
     problem = InputSplitProblem(net, region, index, cascade, cascade[-1],
                                 pipeline.replay, margin=pipeline.cfg.bounding.safety_margin,
                                 check_time=pipeline.deadline.check, chunk=cfg.bound_chunk)
+    problem.leaf_solver = make_leaf_solver(pipeline.cfg)
+    problem.remaining = pipeline.deadline.remaining
+    problem.leaf_time_limit = pipeline.cfg.beta.leaf_time_limit
     options = EngineOptions(batch_size=cfg.batch_size, order=cfg.order, max_domains=cfg.max_domains)
     engine = Engine(problem, get_input_brancher(cfg.input_branching), options, pipeline.deadline.check,
-                    progress=getattr(pipeline, "progress", None))
+                    progress=getattr(pipeline, "progress", None),
+                    leaf_solver=problem.decide_leaves if problem.leaf_solver is not None else None)
     engine.stats.strategy = "input-split"
     try:
         return engine.run(), engine.stats
     finally:
+        engine.stats.extra.update(problem.stats)
         pipeline.stats.extra["bab"] = engine.stats
 
 

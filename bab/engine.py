@@ -132,6 +132,8 @@ class Engine:
                 return outcome
             if back is not None and len(back):
                 batch = TensorBatch.cat([batch, back]) if len(batch) else back
+            if not len(batch):
+                continue
             children = self._timed("time_branching", lambda: self.problem.split(batch, self.brancher))
             store.push(self._timed("time_bounding", lambda: self.problem.bound(children)))
             self._account(children, store)

@@ -47,6 +47,10 @@ class InputSplitProblem:
         self.R = torch.as_tensor(owner[:, None] == np.arange(len(region.clauses))[None], device=self.device)
         self.root_width = torch.as_tensor(region.upper - region.lower, **kw).clamp(min=MIN_WIDTH)
         self.rowless = any(c.n_rows == 0 for c in region.clauses)
+        self.leaf_solver: Any = None  # decides boxes too small to split (see decide_leaves)
+        self.leaf_time_limit = 10.0
+        self.remaining: Any = lambda: float("inf")
+        self.stats: dict[str, int] = {}
 
     @property
     def n_clauses(self) -> int:
@@ -140,6 +144,27 @@ class InputSplitProblem:
         """Boxes narrower than MIN_WIDTH everywhere cannot be split further."""
         tiny = ((batch["upper"] - batch["lower"]) <= MIN_WIDTH).all(1)
         return batch.select(~tiny), batch.select(tiny)
+
+    def decide_leaves(self, leaves: TensorBatch) -> tuple[str, Counterexample | None]:
+        """The Engine's leaf hook: each open clause of each tiny box goes to the exact solver
+        (``self.leaf_solver``, an ``encoders.decide.LeafSolver``); ``unsat`` when all are empty."""
+        for i in range(len(leaves)):
+            lo, hi = (leaves[k][i].double().cpu().numpy() for k in ("lower", "upper"))
+            for k in leaves["open"][i].nonzero().flatten().tolist():
+                self.check_time()
+                clause = self.region.clauses[k]
+                res = self.leaf_solver.decide(self.net, lo, hi, clause.C, clause.d,
+                                              time_limit=max(0.05, min(self.leaf_time_limit, self.remaining())))
+                key = f"{res.kind or 'solver'}_leaves"
+                self.stats[key] = self.stats.get(key, 0) + 1
+                if res.status == "infeasible":
+                    continue
+                if res.status == "feasible" and res.x is not None:
+                    cex = self.replay(np.asarray(res.x, np.float64), self.index)
+                    if cex is not None:
+                        return "sat", cex
+                return "unknown", None
+        return "unsat", None
 
     def split(self, batch: TensorBatch, brancher: Any) -> TensorBatch:
         """Halve every box along the dimension the brancher picks."""

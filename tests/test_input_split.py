@@ -118,3 +118,25 @@ def test_branchers_pick_expected_dimension() -> None:
     assert BoundImprovement().choose(p, batch).tolist() == [0]
     with pytest.raises(ValueError, match="available"):
         get_input_brancher("nope")
+
+
+@pytest.mark.parametrize("solver", [True, False])
+def test_unsplittable_box_goes_to_the_leaf_solver(tmp_path, solver, monkeypatch) -> None:
+    """A point box cannot be split: the exact solver decides it (a 5e-7 margin that the bounds
+    cannot certify under their float slack); without a solver the answer is unknown."""
+    from tests.builders import mlp_onnx
+
+    if not solver:
+        import bab.relu_bab as rb
+
+        monkeypatch.setattr(rb, "make_leaf_solver", lambda cfg: None)
+    path = mlp_onnx(tmp_path / "abs.onnx", [np.array([[1.0], [-1.0]]), np.array([[1.0, 1.0]])],
+                    [np.zeros(2), np.zeros(1)])
+    spec = Spec((Region(np.array([0.5]), np.array([0.5]), (Clause(np.array([[1.0]]), np.array([0.5 - 5e-7])),)),), 1, 1)
+    res = bab.verify(path, spec, _cfg("input-split"), timeout=60)
+    stats = res.stats.extra["bab"]
+    if solver:
+        assert res.status is Status.UNSAT, res.reason
+        assert stats.extra["lp_leaves"] == 1 and stats.leaves_closed == 1
+    else:
+        assert res.status is Status.UNKNOWN and stats.unknown_leaf == 1
