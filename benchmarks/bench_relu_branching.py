@@ -5,7 +5,8 @@ Run::
     python -m pytest benchmarks/bench_relu_branching.py -m slow -o addopts="" -s -q
 
 Each instance runs through the Python API with forced ReLU-split BaB (the falsification phase
-on, as in ``bab verify``) under ``BAB_BENCH_TIMEOUT`` seconds (default 60). The table printed at
+on, as in ``bab verify``) under ``BAB_BENCH_TIMEOUT`` seconds (default 60), with ``BAB_BENCH_THREADS`` torch threads
+(default 0: automatic). The table printed at
 the end gives, per brancher, the verdict, the BaB domains visited and the wall time; the test
 fails on any answer that contradicts the expected results.
 """
@@ -40,12 +41,13 @@ def test_fsb_vs_babsr_on_mnistfc_256x4(bench_dir: Path) -> None:
     from bab.config import BabConfig, Config, VerifyConfig
 
     timeout = float(os.environ.get("BAB_BENCH_TIMEOUT", "60"))
+    threads = int(os.environ.get("BAB_BENCH_THREADS", "0"))  # 0: automatic
     expected = _expected(bench_dir)
     rows, wrong = [], []
     for onnx, prop in _instances(bench_dir):
         line = [onnx, prop]
         for name in BRANCHERS:
-            cfg = Config(verify=VerifyConfig(method="bab"), bab=BabConfig(relu_branching=name))
+            cfg = Config(verify=VerifyConfig(method="bab", threads=threads), bab=BabConfig(relu_branching=name))
             res = bab.verify(bench_dir / "mnistfc" / onnx, bench_dir / "mnistfc" / prop, cfg, timeout=timeout)
             stats = res.stats.extra.get("bab")
             visited = stats.domains_visited if stats is not None else 0
