@@ -8,11 +8,14 @@ mnistfc ``mnist-net_256x6`` with ``prop_0_0.03``: the roots of the 9 clauses are
 random unstable neurons until there are 256 sub-domains (each with 1-6 fixed phases), then one
 :meth:`~bab.relu_split.ReluSplitProblem.bound` call bounds the whole batch (default beta-CROWN
 settings: warm-started Adam on alpha and beta, CROWN refinement above shallow splits). The
-rate is in ``extra_info["domains_per_s"]``.
+rate is in ``extra_info["domains_per_s"]``. ``BAB_BENCH_THREADS`` sets torch's thread count
+(default: torch's own); with another busy process on the machine, use 1 (OpenMP teams
+larger than the free cores stall at every parallel region).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -50,6 +53,9 @@ def split_batch(bench_dir: Path, n: int = BATCH, seed: int = 0):
 
 def test_beta_domains_per_second(benchmark, bench_dir: Path) -> None:
     """Median time of bounding 256 sub-domains in one batched beta-CROWN pass."""
+    threads = int(os.environ.get("BAB_BENCH_THREADS", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
     problem, batch = split_batch(bench_dir)
     problem.opts.attack = False
 

@@ -433,3 +433,15 @@ def test_command_exit_zero_without_wrong_answers(
     assert captured.out == ("solved=2 sat=1 unsat=1 unknown=1 timeout=0 error=3 wrong=0 "
                             "total=6 score=20\n")
     assert "tiny.onnx" in captured.err  # the per-network table
+
+
+def test_parallel_jobs_share_the_cores(monkeypatch) -> None:
+    import os
+
+    from bab.commands.bench import share_cores
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert share_cores([], 1) == []
+    assert share_cores(["--seed", "1"], 2) == ["--seed", "1", "--set", "verify.threads=2"]
+    assert share_cores([], 8) == ["--set", "verify.threads=1"]
+    assert share_cores(["--set", "verify.threads=3"], 2) == ["--set", "verify.threads=3"]

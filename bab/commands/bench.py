@@ -136,6 +136,7 @@ def _options(args: argparse.Namespace) -> Any:
     except ValueError as exc:
         raise BenchInputError(f"--extra-args: {exc}") from None
     expected = read_expected(args.expected) if args.expected else {}
+    extra = share_cores(list(extra), args.jobs)
     return BenchOptions(command_factory=verify_command(args.method, extra), expected=expected,
                         timeout_cap=args.timeout_cap, jobs=args.jobs)
 
@@ -165,3 +166,14 @@ def run(args: argparse.Namespace) -> int:
     summary = summarise(rows)
     print(summary.line(), flush=True)
     return EXIT_OK if summary.wrong == 0 else EXIT_WRONG
+
+
+def share_cores(extra: list[str], jobs: int) -> list[str]:
+    """With ``--jobs N > 1`` each instance gets ``cores // N`` torch threads (at least one)
+    unless the extra arguments set ``verify.threads``: OpenMP teams larger than the free cores
+    stall at every parallel region, which made bound passes many times slower in our runs."""
+    if jobs <= 1 or any("verify.threads" in a for a in extra):
+        return extra
+    import os
+
+    return [*extra, "--set", f"verify.threads={max(1, (os.cpu_count() or 1) // jobs)}"]
