@@ -9,6 +9,7 @@ splitting. Regions are separate roots; the instance is ``unsat`` only when every
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,29 +48,29 @@ class BabMethod:
         pipeline.stats.extra["strategy"] = strategy
         pipeline.stats.extra["strategy_reason"] = reason
         if strategy != "input-split":
-            return self._relu_split(pipeline)
-        return self._input_split(pipeline)
+            from bab.relu_bab import run_relu_split
 
-    def _relu_split(self, pipeline: Any) -> Outcome:
-        """ReLU-split BaB with beta-CROWN bounds (see :mod:`bab.relu_bab`)."""
-        from bab.relu_bab import relu_split_method
+            return decide_regions(pipeline, "relu-split", run_relu_split)
+        return decide_regions(pipeline, "input-split", run_input_split)
 
-        return relu_split_method(pipeline)
 
-    def _input_split(self, pipeline: Any) -> Outcome:
-        totals = BabStats(strategy="input-split")
-        for index, region in enumerate(pipeline.spec.regions):
-            outcome, stats = run_input_split(pipeline, region, index)
-            _merge(totals, stats)
-            totals.extra.update(stats.extra)
-            pipeline.stats.extra["bab"] = totals
-            if outcome.verdict == "sat":
-                pipeline.stats.proved_by = "input-split bab (attack)"
-                return Outcome(Status.SAT, outcome.counterexample)
-            if outcome.verdict != "unsat":
-                return Outcome(Status.UNKNOWN, reason=outcome.reason)
-        pipeline.stats.proved_by = "input-split bab"
-        return Outcome(Status.UNSAT)
+def decide_regions(pipeline: Any, strategy: str,
+                   run: Callable[[Any, Any, int], tuple[BabOutcome, BabStats]]) -> Outcome:
+    """One BaB run per region (``run(pipeline, region, index)``): ``sat`` on the first
+    replayed counterexample, ``unsat`` only when every region is, statistics summed."""
+    totals = BabStats(strategy=strategy)
+    for index, region in enumerate(pipeline.spec.regions):
+        outcome, stats = run(pipeline, region, index)
+        _merge(totals, stats)
+        totals.extra.update(stats.extra)
+        pipeline.stats.extra["bab"] = totals
+        if outcome.verdict == "sat":
+            pipeline.stats.proved_by = f"{strategy} bab (counterexample)"
+            return Outcome(Status.SAT, outcome.counterexample)
+        if outcome.verdict != "unsat":
+            return Outcome(Status.UNKNOWN, reason=outcome.reason)
+    pipeline.stats.proved_by = f"{strategy} bab"
+    return Outcome(Status.UNSAT)
 
 
 def run_input_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, BabStats]:

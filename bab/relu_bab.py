@@ -1,7 +1,7 @@
 """ReLU-split BaB as a method step: config -> problem, brancher, leaf solver, engine, progress.
 
-:func:`relu_split_method` decides an instance region by region (``unsat`` only when every
-region is); :func:`run_relu_split` runs the engine on one region. Options come from the
+:func:`run_relu_split` runs the engine on one region (``bab.bab_method.decide_regions``
+decides an instance region by region). Options come from the
 ``bab`` section (``relu_branching``, ``fsb_candidates``, ``relu_batch_size``,
 ``memory_budget_mb``, ``order``, ``dtype``) and the ``beta`` section (optimiser and root
 settings); missing options take the defaults of :class:`~bab.relu_split.ReluSplitOptions`.
@@ -110,7 +110,13 @@ def progress_logger(problem: Any, start: float, every: float = 1.0,
 
 
 def run_relu_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, BabStats]:
-    """ReLU-split BaB with beta-CROWN on one region."""
+    """ReLU-split BaB with beta-CROWN on one region (a clause without rows holds everywhere:
+    its box centre is replayed, else the region is ``unknown``)."""
+    if any(c.n_rows == 0 for c in region.clauses):
+        cex = pipeline.replay((np.asarray(region.lower) + np.asarray(region.upper)) / 2, index)
+        if cex is not None:
+            return BabOutcome("sat", cex), BabStats(strategy="relu-split")
+        return BabOutcome("unknown", reason="a clause without rows holds everywhere"), BabStats(strategy="relu-split")
     from bab.relu_split import ReluSplitProblem
     from heuristics.relu import get_relu_brancher
 
@@ -145,29 +151,3 @@ def run_relu_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, 
     finally:
         engine.stats.extra.update(problem.stats, global_lower_bound=problem.global_lb)
         pipeline.stats.extra["bab"] = engine.stats
-
-
-def relu_split_method(pipeline: Any) -> Any:
-    """Decide every region by ReLU-split BaB (the ``BabMethod`` step for large inputs)."""
-    from bab.bab_method import _merge
-    from bab.methods import Outcome
-    from bab.result import Status
-
-    totals = BabStats(strategy="relu-split")
-    for index, region in enumerate(pipeline.spec.regions):
-        if any(c.n_rows == 0 for c in region.clauses):
-            cex = pipeline.replay((np.asarray(region.lower) + np.asarray(region.upper)) / 2, index)
-            if cex is not None:
-                return Outcome(Status.SAT, cex)
-            return Outcome(Status.UNKNOWN, reason="a clause without rows holds everywhere")
-        outcome, stats = run_relu_split(pipeline, region, index)
-        _merge(totals, stats)
-        totals.extra.update(stats.extra)
-        pipeline.stats.extra["bab"] = totals
-        if outcome.verdict == "sat":
-            pipeline.stats.proved_by = "relu-split bab (counterexample)"
-            return Outcome(Status.SAT, outcome.counterexample)
-        if outcome.verdict != "unsat":
-            return Outcome(Status.UNKNOWN, reason=outcome.reason)
-    pipeline.stats.proved_by = "relu-split bab"
-    return Outcome(Status.UNSAT)
