@@ -338,7 +338,7 @@ class ReluSplitProblem:
             return False
         return self._times["milp"] <= self.opts.milp_share * (time.monotonic() - self._t0)
 
-    def decide_leaves(self, leaves: TensorBatch) -> tuple[str, Counterexample | None, TensorBatch]:
+    def decide_leaves(self, leaves: TensorBatch) -> tuple[Any, ...]:
         """The Engine's leaf hook: an exact solver per leaf; ``unsat`` when every linear leaf
         is infeasible. Partly split domains the solver does not settle in ``milp_time_limit``
         (or once MILP has used its time share) go back to splitting, marked as tried."""
@@ -360,9 +360,9 @@ class ReluSplitProblem:
             if res.status == "feasible" and res.x is not None:
                 cex = self.replay(np.asarray(res.x, np.float64), self.index)
                 if cex is not None:
-                    return "sat", cex, leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
+                    return "sat", cex  # the search ends: nothing goes back
             if linear:
-                return "unknown", None, leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
+                return "unknown", None
             back.append(i)
         rest = leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
         if len(rest):

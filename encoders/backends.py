@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -93,19 +94,14 @@ class OrToolsBackend:
                    tol: float) -> list[SolveResult]:
         """Minimise each row of ``objs`` (CSR ``[K, n]``) plus ``consts`` over the same LP."""
         h = self.build(model)
-        clock = time.monotonic() + time_limit
-        out = []
-        for k in range(objs.shape[0]):
-            left = clock - time.monotonic()
-            if left <= 0:
-                out.append(SolveResult("limit", backend=self.name, message="time limit"))
-                continue
-            row = objs.getrow(k)
+
+        def solve_one(row: Any, const: float, left: float) -> SolveResult:
             h.clear_objective()
             h.set_objective_coefficients(row.indices.tolist(), row.data.tolist())
-            h.set_objective_offset(float(consts[k]))
-            out.append(self.solve_built(h, model, left, tol))
-        return out
+            h.set_objective_offset(const)
+            return self.solve_built(h, model, left, tol)
+
+        return solve_rows(objs, consts, time.monotonic() + time_limit, self.name, solve_one)
 
     def solve_built(self, h: Any, model: LinearModel, time_limit: float, tol: float) -> SolveResult:
         """Solve an already built helper (objective possibly changed since)."""
@@ -258,3 +254,17 @@ class Dispatcher:
         else:
             _STATE["unusable"] = str(exc)
         _warn_once(str(exc))
+
+
+def solve_rows(objs: Any, consts: np.ndarray, end: float, backend: str,
+               solve_one: Callable[[Any, float, float], SolveResult]) -> list[SolveResult]:
+    """``solve_one(row, const, seconds left)`` for each row of ``objs`` (CSR) until the
+    monotonic clock reaches ``end``; the rows after that get a ``limit`` result."""
+    out = []
+    for k in range(objs.shape[0]):
+        left = end - time.monotonic()
+        if left <= 0:
+            out.append(SolveResult("limit", backend=backend, message="time limit"))
+        else:
+            out.append(solve_one(objs.getrow(k), float(consts[k]), left))
+    return out

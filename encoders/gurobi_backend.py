@@ -15,7 +15,7 @@ import gurobipy as gp
 import numpy as np
 import scipy.sparse as sp
 
-from encoders.backends import LicenceError, SolveResult
+from encoders.backends import LicenceError, SolveResult, solve_rows
 from encoders.model import LinearModel
 
 LICENCE_ERRORS = {10009, 10010}  # NO_LICENSE, SIZE_LIMIT_EXCEEDED
@@ -88,20 +88,16 @@ class GurobiBackend:
         end = time.monotonic() + time_limit
         try:
             m, x = self.build(model, time_limit, tol)
-            out = []
-            for k in range(objs.shape[0]):
-                left = end - time.monotonic()
-                if left <= 0:
-                    out.append(SolveResult("limit", backend=self.name, message="time limit"))
-                    continue
-                row = objs.getrow(k)
+
+            def solve_one(row: Any, const: float, left: float) -> SolveResult:
                 obj = np.zeros(model.n_vars)
                 obj[row.indices] = row.data
-                m.setObjective(obj @ x + float(consts[k]), gp.GRB.MINIMIZE)
+                m.setObjective(obj @ x + const, gp.GRB.MINIMIZE)
                 m.Params.TimeLimit = max(0.01, left)
                 self._optimize(m)
-                out.append(self._result(m, x, model))
-            return out
+                return self._result(m, x, model)
+
+            return solve_rows(objs, consts, end, self.name, solve_one)
         except gp.GurobiError as exc:
             errno = getattr(exc, "errno", 0)
             if errno in LICENCE_ERRORS:
