@@ -74,11 +74,37 @@ def decide_regions(pipeline: Any, strategy: str,
 
 
 def run_input_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, BabStats]:
-    """Input-split BaB on one region."""
+    """Input-split BaB on one region: one brancher, or the ``auto`` portfolio of several."""
+    from bab.portfolio import interleave
+
+    cfg = pipeline.cfg.bab
+    problem = _input_problem(pipeline, region, index)
+    names = cfg.input_portfolio.split("+") if cfg.input_branching == "auto" else [cfg.input_branching]
+    engines = {name: _input_engine(pipeline, problem, name) for name in names}
+    totals = BabStats(strategy="input-split")
+    winner = ""
+    try:
+        if len(engines) == 1:
+            winner, engine = next(iter(engines.items()))
+            outcome = engine.run()
+        else:
+            outcome, winner = interleave(engines, cfg.portfolio_slice)
+        return outcome, totals
+    finally:
+        for engine in engines.values():
+            _merge(totals, engine.stats)
+        totals.extra.update(problem.stats)
+        totals.extra["input_branching"] = winner or "+".join(names)
+        if len(engines) > 1:
+            totals.extra["portfolio_domains"] = {n: e.stats.domains_visited for n, e in engines.items()}
+        pipeline.stats.extra["bab"] = totals
+
+
+def _input_problem(pipeline: Any, region: Any, index: int) -> Any:
+    """The InputSplitProblem of one region, with its bounder cascade and leaf solver."""
     from bab.bounding import get_bounder
     from bab.input_split import InputSplitProblem
     from bab.relu_bab import make_leaf_solver
-    from heuristics.input_split import get_input_brancher
 
     cfg = pipeline.cfg.bab
     net = pipeline.network
@@ -92,16 +118,20 @@ def run_input_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome,
     problem.leaf_solver = make_leaf_solver(pipeline.cfg)
     problem.remaining = pipeline.deadline.remaining
     problem.leaf_time_limit = pipeline.cfg.beta.leaf_time_limit
+    return problem
+
+
+def _input_engine(pipeline: Any, problem: Any, brancher: str) -> Engine:
+    """An input-split Engine over ``problem`` with the named brancher."""
+    from heuristics.input_split import get_input_brancher
+
+    cfg = pipeline.cfg.bab
     options = EngineOptions(batch_size=cfg.batch_size, order=cfg.order, max_domains=cfg.max_domains)
-    engine = Engine(problem, get_input_brancher(cfg.input_branching), options, pipeline.deadline.check,
+    engine = Engine(problem, get_input_brancher(brancher), options, pipeline.deadline.check,
                     progress=getattr(pipeline, "progress", None),
                     leaf_solver=problem.decide_leaves if problem.leaf_solver is not None else None)
     engine.stats.strategy = "input-split"
-    try:
-        return engine.run(), engine.stats
-    finally:
-        engine.stats.extra.update(problem.stats)
-        pipeline.stats.extra["bab"] = engine.stats
+    return engine
 
 
 def _merge(total: BabStats, part: BabStats) -> None:

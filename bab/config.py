@@ -90,7 +90,9 @@ class BabConfig:
     """Branch and bound (the complete search after the incomplete passes)."""
 
     input_split_threshold: int = opt(20, "Split the input box (not ReLUs) when the network has at most this many inputs.")
-    input_branching: str = opt("smear", "Input-split brancher.", ("smear", "widest", "bound-improvement"))
+    input_branching: str = opt("auto", "Input-split brancher: 'auto' interleaves the searches of the input_portfolio branchers (see docs/input_split.md); or one of 'smear', 'bound-improvement', 'widest'.", ("auto", "smear", "bound-improvement", "widest"))
+    input_portfolio: str = opt("bound-improvement+smear", "Branchers the 'auto' input brancher runs in turns, joined by '+'.")
+    portfolio_slice: int = opt(1000, "Domains the first turn of each portfolio search may visit; the turn doubles every round.")
     input_bounder: str = opt("crown", "Bounders for input-split sub-boxes, cheapest first, joined by '+' (e.g. 'crown-fwd+crown'): each later one bounds only the boxes the earlier ones left open.")
     bound_chunk: int = opt(4096, "Largest number of domains bounded in one pass (the deadline is checked between passes).")
     batch_size: int = opt(2048, "Domains split per iteration (their children are bounded in one batched pass).")
@@ -103,6 +105,10 @@ class BabConfig:
     memory_budget_mb: int = opt(4096, "Memory for ReLU-split BaB: caps the domain batch and the number of open domains (beyond it the answer is unknown).")
 
     def __post_init__(self) -> None:
+        names = ("smear", "bound-improvement", "widest")
+        for name in self.input_portfolio.split("+"):
+            if name not in names:
+                raise ConfigError(f"bab.input_portfolio: unknown brancher '{name}'{_suggest(name, list(names))}")
         if self.input_bounder == "crown":
             return  # the default: skip importing torch just to validate it
         from bab.bounding import BOUNDERS as known

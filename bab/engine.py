@@ -94,6 +94,7 @@ class Engine:
         self.progress = progress
         self.leaf_solver = leaf_solver
         self.stats = BabStats()
+        self._store: DomainStore | None = None
 
     def _timed(self, attr: str, fn: Callable[[], Any]) -> Any:
         t0 = time.monotonic()
@@ -104,40 +105,60 @@ class Engine:
 
     def run(self) -> BabOutcome:
         """Loop until the store empties (unsat), a counterexample replays (sat), or a limit."""
-        t0 = time.monotonic()
-        try:
-            return self._loop()
-        finally:
-            self.stats.elapsed = time.monotonic() - t0
+        outcome = self.run_for(None)
+        assert outcome is not None
+        return outcome
 
-    def _loop(self) -> BabOutcome:
-        store = DomainStore(self.opts.order)
+    def run_for(self, visits: int | None) -> BabOutcome | None:
+        """Search on until a verdict, or until ``visits`` more domains were bounded (then
+        ``None``: call again to resume where it stopped). ``None`` visits: no budget."""
+        t0 = time.monotonic()
+        target = None if visits is None else self.stats.domains_visited + visits
+        try:
+            outcome = self._start() if self._store is None else None
+            while outcome is None and (target is None or self.stats.domains_visited < target):
+                left = None if target is None else target - self.stats.domains_visited
+                outcome = self._step(left)
+            return outcome
+        finally:
+            self.stats.elapsed += time.monotonic() - t0
+
+    def _start(self) -> BabOutcome | None:
+        """Attack and bound the roots into a fresh store."""
+        self._store = DomainStore(self.opts.order)
         roots = self.problem.roots()
         found = self._timed("time_attack", lambda: self.problem.attack(roots))
         if found is not None:
             return BabOutcome("sat", found)
-        store.push(self._timed("time_bounding", lambda: self.problem.bound(roots)))
+        self._store.push(self._timed("time_bounding", lambda: self.problem.bound(roots)))
         self.stats.domains_visited += len(roots)
-        while len(store):
-            self.check_time()
-            if len(store) > self.opts.max_domains:
-                return BabOutcome("unknown", reason=f"more than {self.opts.max_domains} open domains")
-            batch = store.pop(self.opts.batch_size)
-            found = self._timed("time_attack", lambda: self.problem.attack(batch))
-            if found is not None:
-                return BabOutcome("sat", found)
-            batch, leaves = self.problem.leaves(batch)
-            outcome, back = self._close_leaves(leaves)
-            if outcome is not None:
-                return outcome
-            if back is not None and len(back):
-                batch = TensorBatch.cat([batch, back]) if len(batch) else back
-            if not len(batch):
-                continue
+        return None
+
+    def _step(self, left: int | None = None) -> BabOutcome | None:
+        """One iteration: pop a batch, attack it, close its leaves, split and bound the rest
+        (at most about ``left`` children when a visit budget is running out)."""
+        store = self._store
+        if not len(store):
+            return BabOutcome("unsat")
+        self.check_time()
+        if len(store) > self.opts.max_domains:
+            return BabOutcome("unknown", reason=f"more than {self.opts.max_domains} open domains")
+        size = self.opts.batch_size if left is None else max(1, min(self.opts.batch_size, (left + 1) // 2))
+        batch = store.pop(size)
+        found = self._timed("time_attack", lambda: self.problem.attack(batch))
+        if found is not None:
+            return BabOutcome("sat", found)
+        batch, leaves = self.problem.leaves(batch)
+        outcome, back = self._close_leaves(leaves)
+        if outcome is not None:
+            return outcome
+        if back is not None and len(back):
+            batch = TensorBatch.cat([batch, back]) if len(batch) else back
+        if len(batch):
             children = self._timed("time_branching", lambda: self.problem.split(batch, self.brancher))
             store.push(self._timed("time_bounding", lambda: self.problem.bound(children)))
             self._account(children, store)
-        return BabOutcome("unsat")
+        return None
 
     def _close_leaves(self, leaves: TensorBatch) -> tuple[BabOutcome | None, TensorBatch | None]:
         """Decide unsplittable domains exactly, or record them as unknown leaves.

@@ -133,7 +133,7 @@ def test_unsplittable_box_goes_to_the_leaf_solver(tmp_path, solver, monkeypatch)
     path = mlp_onnx(tmp_path / "abs.onnx", [np.array([[1.0], [-1.0]]), np.array([[1.0, 1.0]])],
                     [np.zeros(2), np.zeros(1)])
     spec = Spec((Region(np.array([0.5]), np.array([0.5]), (Clause(np.array([[1.0]]), np.array([0.5 - 5e-7])),)),), 1, 1)
-    res = bab.verify(path, spec, _cfg("input-split"), timeout=60)
+    res = bab.verify(path, spec, _cfg("input-split", input_branching="smear"), timeout=60)
     stats = res.stats.extra["bab"]
     if solver:
         assert res.status is Status.UNSAT, res.reason
