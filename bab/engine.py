@@ -8,8 +8,9 @@ owns the loop, the domain store, the deadline and the statistics; it never forks
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from bab.result import Counterexample
 from bab.store import DomainStore, TensorBatch
