@@ -51,6 +51,9 @@ class InputSplitProblem:
         self.leaf_time_limit = 10.0
         self.remaining: Any = lambda: float("inf")
         self.stats: dict[str, int] = {}
+        self.pgd_boxes = 32  # best points per batch given a short PGD attack (0: none)
+        self.samples = 4  # points tried per box and batch: the centre plus random ones
+        self._gen = torch.Generator().manual_seed(region_index)
 
     @property
     def n_clauses(self) -> int:
@@ -101,7 +104,8 @@ class InputSplitProblem:
         return refuted
 
     def bound(self, batch: TensorBatch) -> TensorBatch:
-        """Refute clauses per box; keep boxes with an open clause, prioritised by their gap."""
+        """Refute clauses per box; keep boxes with an open clause, prioritised by their gap
+        (``priority``) and hinted by their centre's clause margin (``hint``)."""
         if not len(batch) or self.rowless:
             if len(batch):
                 batch["priority"] = torch.full((len(batch),), -float("inf"), device=self.device)
@@ -116,26 +120,68 @@ class InputSplitProblem:
         masked = torch.where(self.R[None], gap[:, :, None], torch.full_like(gap[:, :, None], -float("inf")))
         clause_gap = masked.amax(1)  # [N, K]: clause refuted iff > slack
         batch["priority"] = torch.where(batch["open"], clause_gap, torch.full_like(clause_gap, float("inf"))).amin(1)
-        return batch.select(batch["open"].any(1))
+        batch = batch.select(batch["open"].any(1))
+        with torch.no_grad():  # the store pops a share of boxes by how close their centre comes
+            batch["hint"] = self._clause_margin((batch["lower"] + batch["upper"]) / 2, batch["open"]) \
+                if len(batch) else batch["priority"]
+        return batch
 
     def attack(self, batch: TensorBatch) -> Counterexample | None:
-        """Check box centres against the open clauses; replay the best few."""
+        """Check the centre and ``samples - 1`` random points of every box against its open
+        clauses, then run a short PGD from the ``pgd_boxes`` best points (each kept in its box);
+        replay the best few points."""
         if not len(batch):
             return None
-        x = (batch["lower"] + batch["upper"]) / 2
+        lo, hi, open_ = batch["lower"], batch["upper"], batch["open"]
+        if self.samples > 1:
+            k = self.samples
+            lo, hi, open_ = lo.repeat(k, 1), hi.repeat(k, 1), open_.repeat(k, 1)
+            u = torch.rand(lo.shape, generator=self._gen, dtype=lo.dtype).to(lo.device)
+            u[:len(batch)] = 0.5  # the centres
+            x = lo + u * (hi - lo)
+        else:
+            x = (lo + hi) / 2
         with torch.no_grad():
-            y = self.net.forward(x)
+            best = self._clause_margin(x, open_)
+        found = self._replay_best(x, best)
+        if found is not None or self.pgd_boxes <= 0 or self.rowless:
+            return found
+        top = torch.argsort(best)[:self.pgd_boxes]
+        x = self._pgd(x[top], lo[top], hi[top], open_[top])
+        with torch.no_grad():
+            return self._replay_best(x, self._clause_margin(x, open_[top]))
+
+    def _clause_margin(self, x: torch.Tensor, open_: torch.Tensor) -> torch.Tensor:
+        """``[N]``: the smallest margin ``max_row(C y - d)`` over each point's open clauses."""
+        y = self.net.forward(x)
         gap = torch.einsum("mo,bo->bm", self.C, y) - self.d
         masked = torch.where(self.R[None], gap[:, :, None], torch.full_like(gap[:, :, None], -float("inf")))
         clause_gap = masked.amax(1)
         if self.rowless:
             clause_gap = torch.full_like(clause_gap, -1.0)
-        clause_gap = torch.where(batch["open"], clause_gap, torch.full_like(clause_gap, float("inf")))
-        best = clause_gap.amin(1)
+        return torch.where(open_, clause_gap, torch.full_like(clause_gap, float("inf"))).amin(1)
+
+    def _pgd(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor,
+             steps: int = 12) -> torch.Tensor:
+        """Sign-gradient descent on the clause margin, each point kept in its own box."""
+        step = 0.25 * (hi - lo)
+        for it in range(steps):
+            x = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                grad, = torch.autograd.grad(self._clause_margin(x, open_).sum(), x)
+            with torch.no_grad():
+                x = torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi)
+            if it % 4 == 3:
+                step = step / 2
+        return x.detach()
+
+    def _replay_best(self, x: torch.Tensor, best: torch.Tensor) -> Counterexample | None:
+        """Replay (onnxruntime) the up to four points with the smallest non-positive margins."""
+        best = best.detach()
         for i in torch.argsort(best)[:4].tolist():
             if best[i] > 0:
                 break
-            cex = self.replay(x[i].double().cpu().numpy(), self.index)
+            cex = self.replay(x[i].detach().double().cpu().numpy(), self.index)
             if cex is not None:
                 return cex
         return None

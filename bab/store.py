@@ -44,11 +44,13 @@ class TensorBatch:
 class DomainStore:
     """Open domains; ``priority`` (a field, lower = more urgent) drives best-first order."""
 
-    def __init__(self, order: str = "best-first", priority: str = "priority") -> None:
+    def __init__(self, order: str = "best-first", priority: str = "priority", hint: str = "hint",
+                 hint_share: float = 0.25) -> None:
         if order not in ("best-first", "depth-first"):
             raise ValueError(f"unknown domain order '{order}'")
         self.order = order
         self.priority = priority
+        self.hint, self.hint_share = hint, hint_share
         self.batch = TensorBatch()
         self.max_size = 0
 
@@ -70,12 +72,24 @@ class DomainStore:
         if self.order == "depth-first":
             take = torch.arange(n - k, n)
         else:
-            take = torch.topk(self.batch[self.priority], k, largest=False).indices
+            take = self._best_first(k)
         keep = torch.ones(n, dtype=torch.bool)
         keep[take] = False
         out = self.batch.select(take)
         self.batch = self.batch.select(keep)
         return out
+
+    def _best_first(self, k: int) -> torch.Tensor:
+        """Indices of the ``k`` smallest priorities; when the domains carry a ``hint`` field
+        (how close an attack came: lower is closer), a ``hint_share`` of them by hint instead."""
+        prio = self.batch[self.priority]
+        k_hint = int(k * self.hint_share) if self.hint in self.batch.fields else 0
+        if k_hint <= 0:
+            return torch.topk(prio, k, largest=False).indices
+        by_hint = torch.topk(self.batch[self.hint], k_hint, largest=False).indices
+        prio = prio.clone()
+        prio[by_hint] = -float("inf")  # already taken: first in the priority pick
+        return torch.topk(prio, k, largest=False).indices
 
     def min_priority(self) -> float:
         """The smallest priority among open domains (+inf when empty)."""

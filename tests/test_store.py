@@ -31,3 +31,16 @@ def test_cat_and_select_skip_empty() -> None:
     b = TensorBatch.cat([TensorBatch(), _batch([1.0, 2.0]), TensorBatch()])
     assert len(b) == 2 and len(b.select(b["priority"] > 1.5)) == 1
     assert len(TensorBatch.cat([])) == 0
+
+
+def test_best_first_takes_a_share_by_hint() -> None:
+    """With a ``hint`` field, a quarter of each pop goes to the smallest hints."""
+    store = DomainStore("best-first", hint_share=0.25)
+    prio = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    hint = torch.tensor([9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, -1.0])
+    store.push(TensorBatch({"priority": prio, "hint": hint, "id": torch.arange(8)}))
+    out = store.pop(4)
+    assert sorted(out["id"].tolist()) == [0, 1, 2, 7]  # three by priority, one by hint
+    plain = DomainStore("best-first")
+    plain.push(TensorBatch({"priority": prio, "id": torch.arange(8)}))
+    assert sorted(plain.pop(4)["id"].tolist()) == [0, 1, 2, 3]
