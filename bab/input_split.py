@@ -8,14 +8,15 @@ re-check of rows refuted by a hair). A box with no open clause is dropped.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from bab.bounding import Bounder, Domains
 from bab.result import Counterexample
 from bab.store import TensorBatch
-from bab.bounding import Bounder, Domains
 from onnx_models.network import Network
 from vnnlib.spec import Region
 
@@ -49,6 +50,11 @@ class InputSplitProblem:
         self.rowless = any(c.n_rows == 0 for c in region.clauses)
         self.leaf_solver: Any = None  # decides boxes too small to split (see decide_leaves)
         self.leaf_time_limit = 10.0
+        self.exact_depth = 0  # boxes this deep (0: none) try the leaf solver before splitting on
+        self.exact_every = 4  # ... and again every this many levels deeper
+        self.exact_share = 0.2  # at most this share of the run's time
+        self.exact_time_limit = 1.0  # seconds per clause of such a box
+        self._exact_time, self._t0 = 0.0, time.monotonic()
         self.remaining: Any = lambda: float("inf")
         self.stats: dict[str, int] = {}
         self.pgd_boxes = 32  # best points per batch given a short PGD attack (0: none)
@@ -187,30 +193,68 @@ class InputSplitProblem:
         return None
 
     def leaves(self, batch: TensorBatch) -> tuple[TensorBatch, TensorBatch]:
-        """Boxes narrower than MIN_WIDTH everywhere cannot be split further."""
-        tiny = ((batch["upper"] - batch["lower"]) <= MIN_WIDTH).all(1)
-        return batch.select(~tiny), batch.select(tiny)
+        """Boxes narrower than MIN_WIDTH everywhere (they cannot be split further), plus, with a
+        leaf solver and within its time share, boxes at depth ``exact_depth``, then every
+        ``exact_every`` levels deeper: small boxes have few unstable ReLUs, so MILP is quick."""
+        leaf = ((batch["upper"] - batch["lower"]) <= MIN_WIDTH).all(1)
+        if self.leaf_solver is not None and self.exact_depth > 0 and self._exact_allowed():
+            extra = batch["depth"] - self.exact_depth
+            leaf = leaf | ((extra >= 0) & (extra % self.exact_every == 0))
+        return batch.select(~leaf), batch.select(leaf)
 
-    def decide_leaves(self, leaves: TensorBatch) -> tuple[str, Counterexample | None]:
-        """The Engine's leaf hook: each open clause of each tiny box goes to the exact solver
-        (``self.leaf_solver``, an ``encoders.decide.LeafSolver``); ``unsat`` when all are empty."""
+    def _exact_allowed(self) -> bool:
+        return self._exact_time <= self.exact_share * (time.monotonic() - self._t0)
+
+    def decide_leaves(self, leaves: TensorBatch) -> tuple[str, Counterexample | None, TensorBatch]:
+        """The Engine's leaf hook: each open clause of each box goes to the exact solver
+        (``self.leaf_solver``, an ``encoders.decide.LeafSolver``) with float64 CROWN boxes of
+        every node. Refuted clauses close; a box with none left is proven. A tiny box the solver
+        cannot settle makes the answer unknown; a larger one goes back to splitting."""
+        back = []
         for i in range(len(leaves)):
-            lo, hi = (leaves[k][i].double().cpu().numpy() for k in ("lower", "upper"))
-            for k in leaves["open"][i].nonzero().flatten().tolist():
-                self.check_time()
-                clause = self.region.clauses[k]
-                res = self.leaf_solver.decide(self.net, lo, hi, clause.C, clause.d,
-                                              time_limit=max(0.05, min(self.leaf_time_limit, self.remaining())))
-                key = f"{res.kind or 'solver'}_leaves"
-                self.stats[key] = self.stats.get(key, 0) + 1
-                if res.status == "infeasible":
-                    continue
-                if res.status == "feasible" and res.x is not None:
-                    cex = self.replay(np.asarray(res.x, np.float64), self.index)
-                    if cex is not None:
-                        return "sat", cex
-                return "unknown", None
-        return "unsat", None
+            tiny = bool(((leaves["upper"][i] - leaves["lower"][i]) <= MIN_WIDTH).all())
+            t0 = time.monotonic()
+            verdict, cex = self._decide_box(leaves, i, tiny)
+            if not tiny:
+                self._exact_time += time.monotonic() - t0
+            if verdict == "sat":
+                return "sat", cex, leaves.select(torch.zeros(0, dtype=torch.long))
+            if verdict == "open":
+                if tiny:
+                    return "unknown", None, leaves.select(torch.zeros(0, dtype=torch.long))
+                back.append(i)
+        return "unsat", None, leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
+
+    def _decide_box(self, leaves: TensorBatch, i: int, tiny: bool) -> tuple[str, Counterexample | None]:
+        """``("closed"|"open"|"sat", cex)`` for box ``i``; refuted clauses leave its ``open`` mask."""
+        lo, hi = (leaves[k][i].double().cpu().numpy() for k in ("lower", "upper"))
+        boxes = self._boxes64(leaves["lower"][i], leaves["upper"][i])
+        limit = self.leaf_time_limit if tiny else self.exact_time_limit
+        still_open = False
+        for k in leaves["open"][i].nonzero().flatten().tolist():
+            self.check_time()
+            clause = self.region.clauses[k]
+            res = self.leaf_solver.decide(self.net, lo, hi, clause.C, clause.d, intermediate=boxes,
+                                          time_limit=max(0.05, min(limit, self.remaining())))
+            key = f"{res.kind or 'solver'}_leaves"
+            self.stats[key] = self.stats.get(key, 0) + 1
+            if res.status == "infeasible":
+                leaves["open"][i, k] = False
+                continue
+            if res.status == "feasible" and res.x is not None:
+                cex = self.replay(np.asarray(res.x, np.float64), self.index)
+                if cex is not None:
+                    return "sat", cex
+            still_open = True
+        return ("open" if still_open else "closed"), None
+
+    def _boxes64(self, lower: torch.Tensor, upper: torch.Tensor) -> dict[int, Any]:
+        """Float64 bounds of every node's output on one box, widened by a hair (for the MILP)."""
+        lo, hi = lower.double()[None], upper.double()[None]
+        C = self.C.double()[None]
+        out = self.exact.bound(self._net_for(torch.float64), Domains(lo, hi, C)).intermediate or {}
+        pad = lambda t: 1e-9 * (1.0 + t.abs())
+        return {j: ((a - pad(a))[0].cpu().numpy(), (b + pad(b))[0].cpu().numpy()) for j, (a, b) in out.items()}
 
     def split(self, batch: TensorBatch, brancher: Any) -> TensorBatch:
         """Halve every box along the dimension the brancher picks."""

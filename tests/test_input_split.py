@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 import bab
-from bab.config import BabConfig, Config, FalsifyConfig, VerifyConfig
 from bab.bab_method import choose_strategy
+from bab.config import BabConfig, Config, FalsifyConfig, VerifyConfig
 from bab.result import Status
 from heuristics.input_split import BoundImprovement, Smear, Widest, get_input_brancher
-from tests.builders import random_mlp as random_mlp_onnx, write_property
+from tests.builders import random_mlp as random_mlp_onnx
+from tests.builders import write_property
 from vnnlib.spec import Clause, Region, Spec
 
 
@@ -87,8 +90,8 @@ class _Problem:
     """Just enough of an InputSplitProblem for the branchers."""
 
     def __init__(self) -> None:
-        from tests.irnets import chain
         from onnx_models import layers as L
+        from tests.irnets import chain
 
         # f(x) = [10 * x0 + x1]: the first input matters ten times more
         self.net = chain([L.Linear(torch.tensor([[10.0, 1.0]]), torch.tensor([0.0]))], (2,))
@@ -140,3 +143,25 @@ def test_unsplittable_box_goes_to_the_leaf_solver(tmp_path, solver, monkeypatch)
         assert stats.extra["lp_leaves"] == 1 and stats.leaves_closed == 1
     else:
         assert res.status is Status.UNKNOWN and stats.unknown_leaf == 1
+
+
+def test_deep_boxes_try_the_exact_solver_first(tmp_path) -> None:
+    """With ``input_exact_depth`` set, boxes at that depth go to MILP before splitting on;
+    the verdicts still match the dense grid."""
+    import onnx_models
+
+    path = random_mlp_onnx(tmp_path / "n.onnx", [2, 8, 8, 2], seed=1)
+    net = onnx_models.load(path)
+    lo, hi, row = [-1.0, -1.0], [1.0, 1.0], [1.0, -1.0]
+    m = _grid_min(net, lo, hi, row)
+    for d, expect in ((m - 0.02, Status.UNSAT), (m + 0.02, Status.SAT)):
+        spec = Spec((Region(np.array(lo), np.array(hi), (Clause(np.array([row]), np.array([d])),)),), 2, 2)
+        cfg = Config(verify=VerifyConfig(method="input-split"), falsify=FalsifyConfig(enabled=False),
+                     bab=BabConfig(input_branching="widest", input_exact_depth=2))
+        cfg = replace(cfg, beta=replace(cfg.beta, milp_share=1.0))
+        res = bab.verify(path, spec, cfg, timeout=60)
+        assert res.status is expect, (d, m, res.reason)
+        stats = res.stats.extra["bab"]
+        if expect is Status.UNSAT:
+            assert stats.extra.get("milp_leaves", 0) + stats.extra.get("lp_leaves", 0) > 0
+            assert stats.leaves_closed > 0 and stats.max_depth <= 2 + 4 * 8

@@ -10,7 +10,8 @@ reaching a node from several consumers are summed. Upper bounds are lower bounds
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from bab.bounding.relax import MaxPoolRelax, Relax
 from onnx_models import layers as L
 from onnx_models.network import Network
 
-Step = tuple[list[torch.Tensor], Optional[torch.Tensor]]
+Step = tuple[list[torch.Tensor], torch.Tensor | None]
 
 
 class Context(Protocol):
@@ -156,13 +157,14 @@ def _dot(coef: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 @_rule(L.ReLU, L.Sigmoid, L.Tanh)
 def _activation(ctx: Context, idx: int, layer: L.Layer, A: torch.Tensor) -> Step:
     r = ctx.relax(idx)
-    out = A * torch.where(A >= 0, r.lw, r.uw)
-    if r.lb is None and r.ub is None:
-        return [out], None
-    neg = A.clamp(max=0)
+    # positive coefficients take the lower line, negative ones the upper line; each entry has
+    # one exact zero part, so this equals a select (bit for bit) at a fraction of its cost
+    pos = A.clamp(min=0)
+    neg = A - pos
+    out = torch.addcmul(pos * r.lw, neg, r.uw)
     bias = _dot(neg, r.ub) if r.ub is not None else None
     if r.lb is not None:
-        term = _dot(A - neg, r.lb)
+        term = _dot(pos, r.lb)
         bias = term if bias is None else bias + term
     return [out], bias
 
