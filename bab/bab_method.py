@@ -118,6 +118,8 @@ def _input_problem(pipeline: Any, region: Any, index: int) -> Any:
     problem.leaf_solver = make_leaf_solver(pipeline.cfg)
     problem.remaining = pipeline.deadline.remaining
     problem.leaf_time_limit = pipeline.cfg.beta.leaf_time_limit
+    problem.late_bounders = [get_bounder(cfg.input_late_bounder)] if cfg.input_late_bounder else []
+    problem.late_after = cfg.input_late_after
     problem.exact_depth = cfg.input_exact_depth
     problem.exact_share = pipeline.cfg.beta.milp_share
     problem.exact_time_limit = pipeline.cfg.beta.milp_time_limit

@@ -94,6 +94,8 @@ class BabConfig:
     input_portfolio: str = opt("bound-improvement+smear", "Branchers the 'auto' input brancher runs in turns, joined by '+'.")
     portfolio_slice: int = opt(1000, "Domains the first turn of each portfolio search may visit; the turn doubles every round.")
     input_bounder: str = opt("crown", "Bounders for input-split sub-boxes, cheapest first, joined by '+' (e.g. 'crown-fwd+crown'): each later one bounds only the boxes the earlier ones left open.")
+    input_late_bounder: str = opt("alpha-crown", "Input split: a tighter, costlier bounder that joins the end of the input_bounder cascade once input_late_after boxes of a region were bounded (hard instances only); '' for none.")
+    input_late_after: int = opt(5000, "Boxes bounded in a region before input_late_bounder joins the cascade.")
     input_exact_depth: int = opt(0, "Input split: boxes this many halvings deep (then every 4 levels deeper) first try the exact leaf solver (MILP on the box, within beta.milp_share of the time, beta.milp_time_limit per clause); 0: only unsplittable boxes.")
     bound_chunk: int = opt(256, "Largest number of domains bounded in one pass (the deadline is checked between passes); small chunks keep the coefficient tensors in the CPU cache (raise it on CUDA).")
     batch_size: int = opt(2048, "Domains split per iteration (their children are bounded in one batched pass).")
@@ -110,11 +112,11 @@ class BabConfig:
         for name in self.input_portfolio.split("+"):
             if name not in names:
                 raise ConfigError(f"bab.input_portfolio: unknown brancher '{name}'{_suggest(name, list(names))}")
-        if self.input_bounder == "crown":
+        if self.input_bounder == "crown" and self.input_late_bounder in ("", "alpha-crown"):
             return  # the default: skip importing torch just to validate it
         from bab.bounding import BOUNDERS as known
 
-        for name in self.input_bounder.split("+"):
+        for name in self.input_bounder.split("+") + ([self.input_late_bounder] if self.input_late_bounder else []):
             if name not in known:
                 raise ConfigError(f"bab.input_bounder: unknown bounder '{name}'{_suggest(name, list(known))}")
 

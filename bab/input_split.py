@@ -50,6 +50,9 @@ class InputSplitProblem:
         self.rowless = any(c.n_rows == 0 for c in region.clauses)
         self.leaf_solver: Any = None  # decides boxes too small to split (see decide_leaves)
         self.leaf_time_limit = 10.0
+        self.late_bounders: list[Bounder] = []  # join the cascade once late_after boxes were bounded
+        self.late_after = 0
+        self.bounded = 0
         self.exact_depth = 0  # boxes this deep (0: none) try the leaf solver before splitting on
         self.exact_every = 4  # ... and again every this many levels deeper
         self.exact_share = 0.2  # at most this share of the run's time
@@ -116,7 +119,9 @@ class InputSplitProblem:
             if len(batch):
                 batch["priority"] = torch.full((len(batch),), -float("inf"), device=self.device)
             return batch
-        for k, bounder in enumerate(self.bounders):
+        late = self.late_bounders if self.bounded >= self.late_after else []
+        self.bounded += len(batch)
+        for k, bounder in enumerate(self.bounders + late):
             if k:
                 batch = batch.select(batch["open"].any(1))
             gap = self._row_bounds(bounder, batch["lower"], batch["upper"])
