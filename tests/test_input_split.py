@@ -165,3 +165,32 @@ def test_deep_boxes_try_the_exact_solver_first(tmp_path) -> None:
         if expect is Status.UNSAT:
             assert stats.extra.get("milp_leaves", 0) + stats.extra.get("lp_leaves", 0) > 0
             assert stats.leaves_closed > 0 and stats.max_depth <= 2 + 4 * 8
+
+
+def test_late_bounder_joins_the_cascade_after_the_first_boxes(tmp_path) -> None:
+    """``input_late_after`` boxes are bounded with the cascade alone; after that the late
+    bounder also sees the survivors, and verdicts still match the grid."""
+    import onnx_models
+    from bab.bounding.alpha import AlphaCrown
+
+    calls: list[int] = []
+    original = AlphaCrown.bound
+
+    def spy(self, network, domains, state=None):
+        calls.append(domains.size)
+        return original(self, network, domains, state)
+
+    path = random_mlp_onnx(tmp_path / "n.onnx", [2, 8, 8, 2], seed=2)
+    net = onnx_models.load(path)
+    lo, hi, row = [-1.0, -1.0], [1.0, 1.0], [1.0, -1.0]
+    m = _grid_min(net, lo, hi, row)
+    spec = Spec((Region(np.array(lo), np.array(hi), (Clause(np.array([row]), np.array([m - 0.02])),)),), 2, 2)
+    AlphaCrown.bound = spy
+    try:
+        for after in (10**9, 3):
+            calls.clear()
+            res = bab.verify(path, spec, _cfg("input-split", input_branching="widest", input_late_after=after), timeout=60)
+            assert res.status is Status.UNSAT, res.reason
+            assert (len(calls) > 0) == (after == 3)
+    finally:
+        AlphaCrown.bound = original
