@@ -118,7 +118,7 @@ class BabConfig:
 
         for name in self.input_bounder.split("+") + ([self.input_late_bounder] if self.input_late_bounder else []):
             if name not in known:
-                raise ConfigError(f"bab.input_bounder: unknown bounder '{name}'{_suggest(name, list(known))}")
+                raise ConfigError(f"bab.input_bounder/input_late_bounder: unknown bounder '{name}'{_suggest(name, list(known))}")
 
 
 @dataclass(frozen=True)

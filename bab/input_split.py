@@ -210,7 +210,7 @@ class InputSplitProblem:
     def _exact_allowed(self) -> bool:
         return self._exact_time <= self.exact_share * (time.monotonic() - self._t0)
 
-    def decide_leaves(self, leaves: TensorBatch) -> tuple[str, Counterexample | None, TensorBatch]:
+    def decide_leaves(self, leaves: TensorBatch) -> tuple[str, Counterexample | None, TensorBatch | None]:
         """The Engine's leaf hook: each open clause of each box goes to the exact solver
         (``self.leaf_solver``, an ``encoders.decide.LeafSolver``) with float64 CROWN boxes of
         every node. Refuted clauses close; a box with none left is proven. A tiny box the solver
@@ -223,10 +223,10 @@ class InputSplitProblem:
             if not tiny:
                 self._exact_time += time.monotonic() - t0
             if verdict == "sat":
-                return "sat", cex, leaves.select(torch.zeros(0, dtype=torch.long))
+                return "sat", cex, None
             if verdict == "open":
                 if tiny:
-                    return "unknown", None, leaves.select(torch.zeros(0, dtype=torch.long))
+                    return "unknown", None, None
                 back.append(i)
         return "unsat", None, leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
 
