@@ -27,12 +27,12 @@ class TensorBatch:
     def __setitem__(self, name: str, value: torch.Tensor) -> None:
         self.fields[name] = value
 
-    def select(self, index: torch.Tensor) -> "TensorBatch":
+    def select(self, index: torch.Tensor) -> TensorBatch:
         """Rows ``index`` (a boolean mask or integer indices) of every field."""
         return TensorBatch({k: v[index] for k, v in self.fields.items()})
 
     @staticmethod
-    def cat(batches: list["TensorBatch"]) -> "TensorBatch":
+    def cat(batches: list[TensorBatch]) -> TensorBatch:
         """Concatenate batches with the same fields (empty batches are skipped)."""
         batches = [b for b in batches if len(b)]
         if not batches:
