@@ -128,9 +128,7 @@ class InputSplitProblem:
             refuted = self._refuted(gap, batch)
             clause_refuted = (refuted.float() @ self.R.float()) > 0
             batch["open"] = batch["open"] & ~clause_refuted
-        masked = torch.where(self.R[None], gap[:, :, None], torch.full_like(gap[:, :, None], -float("inf")))
-        clause_gap = masked.amax(1)  # [N, K]: clause refuted iff > slack
-        batch["priority"] = torch.where(batch["open"], clause_gap, torch.full_like(clause_gap, float("inf"))).amin(1)
+        batch["priority"] = self._open_clause_min(self._clause_gaps(gap), batch["open"])
         batch = batch.select(batch["open"].any(1))
         with torch.no_grad():  # the store pops a share of boxes by how close their centre comes
             batch["hint"] = self._clause_margin((batch["lower"] + batch["upper"]) / 2, batch["open"]) \
@@ -165,11 +163,19 @@ class InputSplitProblem:
     def _clause_margin(self, x: torch.Tensor, open_: torch.Tensor) -> torch.Tensor:
         """``[N]``: the smallest margin ``max_row(C y - d)`` over each point's open clauses."""
         y = self.net.forward(x)
-        gap = torch.einsum("mo,bo->bm", self.C, y) - self.d
-        masked = torch.where(self.R[None], gap[:, :, None], torch.full_like(gap[:, :, None], -float("inf")))
-        clause_gap = masked.amax(1)
+        clause_gap = self._clause_gaps(torch.einsum("mo,bo->bm", self.C, y) - self.d)
         if self.rowless:
             clause_gap = torch.full_like(clause_gap, -1.0)
+        return self._open_clause_min(clause_gap, open_)
+
+    def _clause_gaps(self, gap: torch.Tensor) -> torch.Tensor:
+        """Row values ``[N, M]`` -> per-clause ``[N, K]`` (the max over the clause's rows)."""
+        masked = torch.where(self.R[None], gap[:, :, None], torch.full_like(gap[:, :, None], -float("inf")))
+        return masked.amax(1)
+
+    @staticmethod
+    def _open_clause_min(clause_gap: torch.Tensor, open_: torch.Tensor) -> torch.Tensor:
+        """``[N]``: the smallest value over each box's open clauses (+inf when none is open)."""
         return torch.where(open_, clause_gap, torch.full_like(clause_gap, float("inf"))).amin(1)
 
     def _pgd(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor,
@@ -210,7 +216,7 @@ class InputSplitProblem:
     def _exact_allowed(self) -> bool:
         return self._exact_time <= self.exact_share * (time.monotonic() - self._t0)
 
-    def decide_leaves(self, leaves: TensorBatch) -> tuple[str, Counterexample | None, TensorBatch | None]:
+    def decide_leaves(self, leaves: TensorBatch) -> tuple[Any, ...]:
         """The Engine's leaf hook: each open clause of each box goes to the exact solver
         (``self.leaf_solver``, an ``encoders.decide.LeafSolver``) with float64 CROWN boxes of
         every node. Refuted clauses close; a box with none left is proven. A tiny box the solver
@@ -223,10 +229,10 @@ class InputSplitProblem:
             if not tiny:
                 self._exact_time += time.monotonic() - t0
             if verdict == "sat":
-                return "sat", cex, None
+                return "sat", cex  # the search ends: nothing goes back
             if verdict == "open":
                 if tiny:
-                    return "unknown", None, None
+                    return "unknown", None
                 back.append(i)
         return "unsat", None, leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
 
