@@ -3,7 +3,8 @@
 A method is an object with ``name`` and ``decide(pipeline) -> Outcome``. The pipeline gives it
 the network, the spec, the config, the deadline (``pipeline.deadline.check()``), statistics,
 ``pipeline.bound_network()`` and ``pipeline.replay(x, region)`` for counterexamples. Methods
-are registered by name in ``METHODS`` as ``"module:factory"`` strings, imported only when used.
+are registered by name in ``METHODS`` as ``"module:factory"`` strings (built from the one
+method table, :mod:`bab.taxonomy`), imported only when used.
 """
 
 from __future__ import annotations
@@ -15,23 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from bab.result import Counterexample, Status
 
-# name -> "module:factory"; the factory takes the method name and returns a Method.
-METHODS: dict[str, str] = {
-    "default": "bab.bab_method:BabMethod",
-    "bab": "bab.bab_method:BabMethod",
-    "input-split": "bab.bab_method:BabMethod",
-    "ibp": "bab.bound_method:BoundMethod",
-    "crown": "bab.bound_method:BoundMethod",
-    "deeppoly": "bab.bound_method:BoundMethod",
-    "fastlin": "bab.bound_method:BoundMethod",
-    "alpha-crown": "bab.bound_method:BoundMethod",
-    "symbolic": "bab.bound_method:BoundMethod",
-    "crown-fwd": "bab.bound_method:BoundMethod",
-    "milp": "encoders.methods:MilpMethod",
-    "lp": "encoders.methods:LpMethod",
-    "lp-full": "encoders.methods:LpMethod",
-    "smt": "encoders.methods:SmtMethod",
-}
+def _registry() -> dict[str, str]:
+    """name -> "module:factory" (the factory takes the method name), from :mod:`bab.taxonomy`."""
+    from bab.taxonomy import METHODS as TABLE
+
+    return {m.name: m.entry for m in TABLE}
+
+
+METHODS: dict[str, str] = _registry()
 
 
 @dataclass

@@ -57,7 +57,7 @@ def problem_options(cfg: Any, remaining: float | None = None) -> Any:
 
 def make_bounder(cfg: Any) -> Any:
     """The beta-CROWN bounder configured by the ``beta`` section."""
-    from bab.bounding.beta import BetaCrown
+    from bab.bounding.polyhedra.beta import BetaCrown
 
     beta = getattr(cfg, "beta", None)
     return BetaCrown(iterations=_opt(beta, "iterations", 20), lr_alpha=_opt(beta, "lr_alpha", 0.1),

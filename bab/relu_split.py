@@ -10,7 +10,7 @@ ReLU it was split on last (``split``), its number of free unstable neurons and, 
 its ``priority`` = the clause's best row margin ``max_r (lb_r - d_r)`` (the clause is refuted
 when that exceeds the float slack; lower = more urgent).
 
-Bounding is beta-CROWN (:mod:`bab.bounding.beta`) over the whole batch of children in one
+Bounding is beta-CROWN (:mod:`bab.bounding.polyhedra.beta`) over the whole batch of children in one
 pass; infeasible children (contradictory phases) and refuted ones are dropped. Rows refuted
 by a hair are re-checked in float64 with slightly widened boxes. The minimising input corner
 of every bound is tried as a counterexample (and a few PGD steps start from the most
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from bab.bounding.base import Domains
-from bab.bounding.beta import BetaCrown, BetaState
-from bab.bounding.crown import plan_for
+from bab.bounding.polyhedra.beta import BetaCrown, BetaState
+from bab.bounding.polyhedra.crown import plan_for
 from bab.result import Counterexample
 from bab.store import TensorBatch
 from onnx_models import layers as L
@@ -118,7 +118,7 @@ class ReluSplitProblem:
         return self._roots
 
     def _make_roots(self) -> TensorBatch:
-        from bab.bounding.alpha import AlphaCrown
+        from bab.bounding.polyhedra.alpha import AlphaCrown
 
         K, M = self.d.shape
         C_all = self.C[self.valid][None]

@@ -27,7 +27,7 @@ def split_batch(bench_dir: Path, n: int = BATCH, seed: int = 0):
     """The ReLU-split problem and ``n`` unbounded sub-domains of its roots."""
     import onnx_models
     import vnnlib
-    from bab.bounding.beta import BetaCrown
+    from bab.bounding.polyhedra.beta import BetaCrown
     from bab.relu_split import ReluSplitProblem
     from bab.store import TensorBatch
 

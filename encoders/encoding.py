@@ -134,7 +134,7 @@ def interval_bounds(network: Network, lower: np.ndarray, upper: np.ndarray,
                     phases: dict[int, Any] | None = None) -> Bounds:
     """IBP bounds (float64) of every node's output, honouring fixed phases."""
     from bab.bounding.base import Domains
-    from bab.bounding.ibp import propagate
+    from bab.bounding.interval.ibp import propagate
 
     net = float64_network(network)
     ph = {k: torch.as_tensor(np.asarray(v)).reshape(1, *net.nodes[k].out_shape)

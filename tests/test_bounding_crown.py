@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from bab.bounding import BOUNDERS, Domains, UnsupportedLayerError, get_bounder
-from bab.bounding.alpha import AlphaCrown, AlphaState
-from bab.bounding.backward import make_registry
-from bab.bounding.crown import Crown
-from bab.bounding.relax import s_shaped_relax
+from bab.bounding.polyhedra.alpha import AlphaCrown, AlphaState
+from bab.bounding.polyhedra.backward import make_registry
+from bab.bounding.polyhedra.crown import Crown
+from bab.bounding.polyhedra.relax import s_shaped_relax
 from onnx_models import layers as L
 from onnx_models.network import Network, OnnxIO
 from tests.irnets import chain, hand_221, random_mlp, small_cnn

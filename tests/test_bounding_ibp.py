@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bab.bounding import Domains, UnsupportedLayerError, get_bounder
-from bab.bounding.ibp import RULES
+from bab.bounding.interval.ibp import RULES
 from onnx_models import layers as L
 from tests.irnets import chain, hand_221, random_mlp, small_cnn
 

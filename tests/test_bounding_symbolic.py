@@ -45,7 +45,7 @@ def test_hand_221_symbolic_exact() -> None:
     # (h1+2)/2 + (h2+2)/2 = x1 + 2 <= 3.
     net = hand_221()
     dom = Domains(torch.tensor([[-1.0, -1.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[[1.0], [-1.0]]]))
-    from bab.bounding.symbolic import concretize_sym, forward_pass
+    from bab.bounding.polyhedra.symbolic import concretize_sym, forward_pass
 
     syms, _ = forward_pass(net, dom)
     lo, hi = concretize_sym(syms[-1], dom.lower, dom.upper)

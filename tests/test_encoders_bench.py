@@ -40,7 +40,7 @@ def test_milp_honours_the_deadline(bench_dir) -> None:
 def _subdomains(net, spec, rng):
     """The property box, a random shrunken box, and that box with a few phases fixed."""
     from bab.bounding import Domains
-    from bab.bounding.crown import Crown
+    from bab.bounding.polyhedra.crown import Crown
 
     reg = spec.regions[0]
     C = np.concatenate([c.C for c in reg.clauses])
@@ -64,7 +64,7 @@ def test_lp_at_least_crown_and_lp_full_at_least_lp(bench_dir) -> None:
     import onnx_models
     import vnnlib
     from bab.bounding import Domains
-    from bab.bounding.crown import Crown
+    from bab.bounding.polyhedra.crown import Crown
 
     d = bench_dir / "mnistfc"
     if not (d / "mnist-net_256x2.onnx").exists():

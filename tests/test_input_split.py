@@ -171,7 +171,7 @@ def test_late_bounder_joins_the_cascade_after_the_first_boxes(tmp_path) -> None:
     """``input_late_after`` boxes are bounded with the cascade alone; after that the late
     bounder also sees the survivors, and verdicts still match the grid."""
     import onnx_models
-    from bab.bounding.alpha import AlphaCrown
+    from bab.bounding.polyhedra.alpha import AlphaCrown
 
     calls: list[int] = []
     original = AlphaCrown.bound

@@ -17,9 +17,9 @@ import torch
 
 import bab
 from bab.bounding import Domains
-from bab.bounding.alpha import AlphaCrown
-from bab.bounding.beta import BetaCrown, BetaState
-from bab.bounding.crown import Crown
+from bab.bounding.polyhedra.alpha import AlphaCrown
+from bab.bounding.polyhedra.beta import BetaCrown, BetaState
+from bab.bounding.polyhedra.crown import Crown
 from bab.config import BabConfig, BetaConfig, Config, FalsifyConfig, VerifyConfig
 from bab.result import Status
 from heuristics.relu import FSB, BaBSR, Widest, babsr_scores, get_relu_brancher

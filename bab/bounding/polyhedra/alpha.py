@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bab.bounding.base import Bounds, Domains
-from bab.bounding.crown import Crown, Sweep, exact_matmul, prepare
+from bab.bounding.polyhedra.crown import Crown, Sweep, exact_matmul, prepare
 from onnx_models.network import Network
 
 
@@ -48,7 +48,7 @@ class AlphaState:
 class AlphaCrown(Crown):
     """alpha-CROWN bounder.
 
-    Options (besides :class:`~bab.bounding.crown.Crown`'s): ``iterations`` (Adam steps),
+    Options (besides :class:`~bab.bounding.polyhedra.crown.Crown`'s): ``iterations`` (Adam steps),
     ``lr``, ``patience`` (stop after this many steps without improving the summed bound by more
     than ``tol``), ``time_limit`` (seconds, ``None``: none), ``optimize_intermediate``.
     The upper bound returned is CROWN's (only lower bounds are optimised).

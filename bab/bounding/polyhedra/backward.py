@@ -3,7 +3,7 @@
 A lower bound of ``A · node(x)`` (``A``: ``[N, M, *shape]``) is pushed backward through the DAG:
 each layer's rule maps the coefficients on its output to coefficients on its inputs plus a
 constant ``[N, M]``. Affine layers are exact (Conv2d via ``conv_transpose2d``, never a dense
-matrix); nonlinear layers use the relaxations of :mod:`bab.bounding.relax`, choosing the lower
+matrix); nonlinear layers use the relaxations of :mod:`bab.bounding.polyhedra.relax`, choosing the lower
 line where the coefficient is positive and the upper line where it is negative. Coefficients
 reaching a node from several consumers are summed. Upper bounds are lower bounds of ``-A``.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bab.bounding.base import Registry
-from bab.bounding.relax import MaxPoolRelax, Relax
+from bab.bounding.polyhedra.relax import MaxPoolRelax, Relax
 from onnx_models import layers as L
 from onnx_models.network import Network
 

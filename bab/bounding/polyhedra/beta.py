@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from bab.bounding.backward import _activation, backward, concretize
+from bab.bounding.polyhedra.backward import _activation, backward, concretize
 from bab.bounding.base import Bounds, Domains
-from bab.bounding.crown import Crown, Interval, Sweep, exact_matmul, plan_for, prepare
-from bab.bounding.ibp import RULES as IBP_RULES
-from bab.bounding.ibp import apply_phase
+from bab.bounding.polyhedra.crown import Crown, Interval, Sweep, exact_matmul, plan_for, prepare
+from bab.bounding.interval.ibp import RULES as IBP_RULES
+from bab.bounding.interval.ibp import apply_phase
 from onnx_models import layers as L
 from onnx_models.network import Network
 
@@ -127,7 +127,7 @@ class BetaSweep(Sweep):
 
 
 def _ctx(sweep: Sweep, key: Any, rows: torch.Tensor | None) -> Any:
-    from bab.bounding.crown import _Ctx
+    from bab.bounding.polyhedra.crown import _Ctx
 
     return _Ctx(sweep, key, rows)
 

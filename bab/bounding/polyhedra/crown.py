@@ -11,7 +11,7 @@ domain of the batch are recomputed. The final bound of ``C f(x)`` is a last back
 intersected (``final_ibp``) with the interval bound of the output.
 
 The three methods share the backward rules and differ only in the ReLU lower slope
-(:mod:`bab.bounding.relax`): CROWN's adaptive rule (slope 1 iff ``u >= -l``), DeepPoly's area
+(:mod:`bab.bounding.polyhedra.relax`): CROWN's adaptive rule (slope 1 iff ``u >= -l``), DeepPoly's area
 rule (slope 1 iff ``u > -l``: identical except at the tie) and Fast-Lin's parallel slope
 ``u/(u-l)``. Our ``deeppoly`` is DeepPoly's ReLU abstraction run through this same
 back-substitution engine (full back-substitution for every tightened node, as in ERAN's
@@ -29,10 +29,10 @@ from typing import Any, Iterator
 
 import torch
 
-from bab.bounding.backward import backward, concretize, make_registry
+from bab.bounding.polyhedra.backward import backward, concretize, make_registry
 from bab.bounding.base import Bounds, Domains, Registry, clause_bounds
-from bab.bounding.ibp import RULES as IBP_RULES, apply_phase
-from bab.bounding.relax import (POLICIES, MaxPoolRelax, Relax, ReluData, SlopePolicy,
+from bab.bounding.interval.ibp import RULES as IBP_RULES, apply_phase
+from bab.bounding.polyhedra.relax import (POLICIES, MaxPoolRelax, Relax, ReluData, SlopePolicy,
                                 maxpool_relax, relu_data, relu_relax, s_shaped_relax)
 from onnx_models import layers as L
 from onnx_models.network import Network

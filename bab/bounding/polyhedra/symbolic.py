@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from bab.bounding.base import Bounds, Domains, Registry, clause_bounds
-from bab.bounding.ibp import RULES as IBP_RULES, apply_phase
-from bab.bounding.relax import POLICIES, relu_data, relu_relax, s_shaped_relax
+from bab.bounding.interval.ibp import RULES as IBP_RULES, apply_phase
+from bab.bounding.polyhedra.relax import POLICIES, relu_data, relu_relax, s_shaped_relax
 from onnx_models import layers as L
 from onnx_models.network import Network
 
@@ -214,7 +214,7 @@ class CrownForward:
         return in_chunks(network, domains, lambda dom: self._bound(network, dom))
 
     def _bound(self, network: Network, domains: Domains) -> Bounds:
-        from bab.bounding.crown import Crown, Options, Sweep, exact_matmul, plan_for, prepare
+        from bab.bounding.polyhedra.crown import Crown, Options, Sweep, exact_matmul, plan_for, prepare
 
         crown = Crown("crown", intermediate="ibp", upper=False)
         crown.check(network)

@@ -1,0 +1,1 @@
+"""Polyhedral bounds (SoK: polyhedra): the CROWN family and forward symbolic bounds."""
