@@ -39,12 +39,16 @@ class BoundMethod:
 
     def decide(self, pipeline: Any) -> Outcome:
         """``unsat`` when every clause of every region is infeasible, else ``unknown``."""
-        from bab.bounding import get_bounder
+        from bab.bounding import BounderRefusal, UnsupportedLayerError, get_bounder
 
         bounder = get_bounder(self.name)
         for region in pipeline.spec.regions:
             pipeline.deadline.check()
-            if not all(self.region_infeasible(pipeline, bounder, region)):
+            try:
+                proven = self.region_infeasible(pipeline, bounder, region)
+            except (BounderRefusal, UnsupportedLayerError) as exc:
+                return Outcome(Status.UNKNOWN, reason=f"{self.name}: {exc}")
+            if not all(proven):
                 return Outcome(Status.UNKNOWN, reason=f"{self.name} bounds could not prove every clause")
         pipeline.stats.proved_by = self.name
         return Outcome(Status.UNSAT)

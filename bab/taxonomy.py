@@ -122,6 +122,21 @@ METHODS: tuple[MethodInfo, ...] = (
                "Singh et al. 2019 (k-ReLU); Mueller et al. 2022 (PRIMA)",
                Bounder("bab.bounding.multi_neuron.krelu:KRelu"),
                summary="triangle LP plus joint constraints over groups of k unstable ReLUs"),
+    MethodInfo("sdp", Category.SDP, _BOUND, "bab/bounding/sdp/sdpverify.py",
+               "Raghunathan, Steinhardt, Liang 2018 (SDPVerify)", Bounder("bab.bounding.sdp.sdpverify:SdpVerify"),
+               summary="SDP relaxation of the margin (cvxpy), certified from the dual"),
+    MethodInfo("lmi", Category.SDP, _BOUND, "bab/bounding/sdp/lmi.py",
+               "Fazlyab, Morari, Pappas 2020 (LMIVerify)", Bounder("bab.bounding.sdp.lmi:LmiVerify"),
+               summary="quadratic-constraint LMI for ReLU networks (cvxpy)"),
+    MethodInfo("lipschitz-opnorm", Category.LIPSCHITZ, _BOUND, "bab/bounding/lipschitz/opnorm.py",
+               "Szegedy et al. 2014 (product of operator norms)", Bounder("bab.bounding.lipschitz.opnorm:OpNorm"),
+               summary="global Lipschitz constant of each margin"),
+    MethodInfo("fastlip", Category.LIPSCHITZ, _BOUND, "bab/bounding/lipschitz/fastlip.py",
+               "Weng et al. 2018 (Fast-Lip)", Bounder("bab.bounding.lipschitz.fastlip:FastLip"),
+               summary="local Lipschitz constant from activation-pattern bounds"),
+    MethodInfo("recurjac", Category.LIPSCHITZ, _BOUND, "bab/bounding/lipschitz/recurjac.py",
+               "Zhang et al. 2019 (RecurJac)", Bounder("bab.bounding.lipschitz.recurjac:RecurJac"),
+               summary="local Lipschitz constant from recursive Jacobian bounds"),
 )
 
 BY_NAME: dict[str, MethodInfo] = {m.name: m for m in METHODS}

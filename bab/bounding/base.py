@@ -20,6 +20,15 @@ class UnsupportedLayerError(NotImplementedError):
     """A bounding method has no rule for a layer kind."""
 
 
+class BounderRefusal(ValueError):
+    """A bounder declines an instance it cannot bound within its limits (too many hidden
+    units for an SDP, an LP too large, a solver that reported an inaccurate solve, ...).
+
+    The message is the reason; incomplete methods turn it into ``unknown`` with that reason,
+    never into a looser bound or a crash.
+    """
+
+
 R = TypeVar("R", bound=Callable[..., Any])
 
 
