@@ -1,7 +1,11 @@
 """Complete verification by branch and bound, with the strategy chosen from the instance.
 
 ``default``: IBP first (cheap proofs), then BaB. ``bab``: BaB directly. ``input-split``
-forces input splitting. The strategy is chosen from the network and the property only: input
+forces input splitting. ``ai2`` (Gehr et al. 2018) is BaB driven by the zonotope bounder:
+the same engine, loop, deadline, statistics and replay rules with ``bab.bounder =
+"zonotope"``. Any Bounder can drive BaB through ``bab.bounder``; since ReLU-split BaB is
+built on beta-CROWN's warm starts, a bounder set there makes BaB split the input box. The
+strategy is chosen from the network and the property only: input
 splitting when the network has at most ``bab.input_split_threshold`` inputs, otherwise ReLU
 splitting. Regions are separate roots; the instance is ``unsat`` only when every region is.
 """
@@ -9,6 +13,7 @@ splitting. Regions are separate roots; the instance is ``unsat`` only when every
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +34,7 @@ def choose_strategy(n_inputs: int, threshold: int, forced: str | None = None) ->
 
 
 class BabMethod:
-    """The complete method (``default``, ``bab`` and ``input-split``)."""
+    """The complete method (``default``, ``bab``, ``input-split`` and ``ai2``)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -42,9 +47,14 @@ class BabMethod:
             quick = BoundMethod("ibp").decide(pipeline)
             if quick.status is Status.UNSAT:
                 return quick
+        if self.name == "ai2":
+            cfg = pipeline.cfg
+            pipeline.cfg = dataclasses.replace(cfg, bab=dataclasses.replace(cfg.bab, bounder="zonotope"))
         forced = "input-split" if self.name == "input-split" else None
         strategy, reason = choose_strategy(pipeline.network.n_inputs,
                                            pipeline.cfg.bab.input_split_threshold, forced)
+        if pipeline.cfg.bab.bounder:
+            strategy, reason = "input-split", f"bab.bounder = {pipeline.cfg.bab.bounder} drives input-split BaB"
         pipeline.stats.extra["strategy"] = strategy
         pipeline.stats.extra["strategy_reason"] = reason
         if strategy != "input-split":
@@ -111,14 +121,16 @@ def _input_problem(pipeline: Any, region: Any, index: int) -> Any:
     dtype = getattr(torch, cfg.dtype)
     if net.dtype != dtype:
         net = copy.deepcopy(net).to(dtype)
-    cascade = [get_bounder(name) for name in cfg.input_bounder.split("+")]
+    names = [cfg.bounder] if cfg.bounder else cfg.input_bounder.split("+")
+    cascade = [get_bounder(name) for name in names]
     problem = InputSplitProblem(net, region, index, cascade, cascade[-1],
                                 pipeline.replay, margin=pipeline.cfg.bounding.safety_margin,
                                 check_time=pipeline.deadline.check, chunk=cfg.bound_chunk)
     problem.leaf_solver = make_leaf_solver(pipeline.cfg)
     problem.remaining = pipeline.deadline.remaining
     problem.leaf_time_limit = pipeline.cfg.beta.leaf_time_limit
-    problem.late_bounders = [get_bounder(cfg.input_late_bounder)] if cfg.input_late_bounder else []
+    late = cfg.input_late_bounder if not cfg.bounder else ""
+    problem.late_bounders = [get_bounder(late)] if late else []
     problem.late_after = cfg.input_late_after
     problem.exact_depth = cfg.input_exact_depth
     problem.exact_share = pipeline.cfg.beta.milp_share

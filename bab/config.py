@@ -93,6 +93,7 @@ class BabConfig:
     input_branching: str = opt("auto", "Input-split brancher: 'auto' interleaves the searches of the input_portfolio branchers (see docs/input_split.md); or one of 'smear', 'bound-improvement', 'widest'.", ("auto", "smear", "bound-improvement", "widest"))
     input_portfolio: str = opt("bound-improvement+smear", "Branchers the 'auto' input brancher runs in turns, joined by '+'.")
     portfolio_slice: int = opt(1000, "Domains the first turn of each portfolio search may visit; the turn doubles every round.")
+    bounder: str = opt("", "Bounder that drives BaB instead of the defaults, any name of the bounder registry (bab/taxonomy.py), e.g. 'zonotope' (AI2). ReLU-split BaB is built on beta-CROWN's warm starts, so a bounder set here makes BaB split the input box; '' keeps the defaults (input_bounder cascade, beta-CROWN).")
     input_bounder: str = opt("crown", "Bounders for input-split sub-boxes, cheapest first, joined by '+' (e.g. 'crown-fwd+crown'): each later one bounds only the boxes the earlier ones left open.")
     input_late_bounder: str = opt("alpha-crown", "Input split: a tighter, costlier bounder that joins the end of the input_bounder cascade once input_late_after boxes of a region were bounded (hard instances only); '' for none.")
     input_late_after: int = opt(5000, "Boxes bounded in a region before input_late_bounder joins the cascade.")
@@ -112,13 +113,14 @@ class BabConfig:
         for name in self.input_portfolio.split("+"):
             if name not in names:
                 raise ConfigError(f"bab.input_portfolio: unknown brancher '{name}'{_suggest(name, list(names))}")
-        if self.input_bounder == "crown" and self.input_late_bounder in ("", "alpha-crown"):
+        if self.input_bounder == "crown" and self.input_late_bounder in ("", "alpha-crown") and not self.bounder:
             return  # the default: skip importing torch just to validate it
         from bab.bounding import BOUNDERS as known
 
-        for name in self.input_bounder.split("+") + ([self.input_late_bounder] if self.input_late_bounder else []):
+        names = self.input_bounder.split("+") + [n for n in (self.input_late_bounder, self.bounder) if n]
+        for name in names:
             if name not in known:
-                raise ConfigError(f"bab.input_bounder/input_late_bounder: unknown bounder '{name}'{_suggest(name, list(known))}")
+                raise ConfigError(f"bab.bounder/input_bounder/input_late_bounder: unknown bounder '{name}'{_suggest(name, list(known))}")
 
 
 @dataclass(frozen=True)

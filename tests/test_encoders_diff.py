@@ -3,7 +3,8 @@
 For each network, box and property (sat and unsat both occur: ``d`` comes from sampled output
 ranges), these must agree: ``milp`` through the API with each back end (OR-Tools; Gurobi
 where its size-limited licence allows), ``smt`` (Z3) through the API, ``bab`` (input-split on
-these small inputs), ``bab`` forced to split ReLUs (``input_split_threshold = 0``), and an
+these small inputs), ``bab`` forced to split ReLUs (``input_split_threshold = 0``), ``ai2``
+(input-split BaB driven by the zonotope bounder: complete, so never ``unknown`` here), and an
 independent decision by enumeration of activation patterns (one scipy LP per pattern of the neurons that
 interval arithmetic leaves unstable) where there are at most 8 such neurons; a dense sample
 that violates the property forces ``sat``.
@@ -142,7 +143,8 @@ def test_milp_smt_enumeration_agree(cases) -> None:
         got = {"milp-ortools": _verify(path, spec, "milp", "ortools"),
                "smt": _verify(path, spec, "smt"),
                "bab": _verify(path, spec, "bab"),  # input-split on these low-dimensional boxes
-               "bab-relu": _verify(path, spec, "bab", threshold=0)}  # forced ReLU-split
+               "bab-relu": _verify(path, spec, "bab", threshold=0),  # forced ReLU-split
+               "ai2": _verify(path, spec, "ai2")}  # input-split BaB driven by zonotopes
         try:
             import gurobipy  # noqa: F401
             got["milp-gurobi"] = _verify(path, spec, "milp", "gurobi")

@@ -194,3 +194,28 @@ def test_late_bounder_joins_the_cascade_after_the_first_boxes(tmp_path) -> None:
             assert (len(calls) > 0) == (after == 3)
     finally:
         AlphaCrown.bound = original
+
+
+@pytest.mark.parametrize("bounder", ["ibp", "fastlin"])
+def test_any_bounder_drives_bab(tmp_path, bounder) -> None:
+    """``bab.bounder`` swaps the bounder of the same engine: verdicts still match the grid,
+    even on a network with more inputs than the input-split threshold."""
+    import onnx_models
+
+    path = random_mlp_onnx(tmp_path / "any.onnx", [2, 8, 8, 2], seed=4)
+    net = onnx_models.load(path)
+    lo, hi, row = [-1.0, -1.0], [1.0, 1.0], [1.0, -1.0]
+    m = _grid_min(net, lo, hi, row)
+    for d, expect in ((m - 0.05, Status.UNSAT), (m + 0.05, Status.SAT)):
+        spec = Spec((Region(np.array(lo), np.array(hi), (Clause(np.array([row]), np.array([d])),)),), 2, 2)
+        res = bab.verify(path, spec, _cfg("bab", bounder=bounder, input_split_threshold=0), timeout=60)
+        assert res.status is expect, (bounder, d, m, res.reason)
+        assert res.stats.extra["strategy"] == "input-split"
+        assert res.stats.extra["strategy_reason"] == f"bab.bounder = {bounder} drives input-split BaB"
+
+
+def test_unknown_bab_bounder_is_a_config_error() -> None:
+    from bab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="zonotop"):
+        BabConfig(bounder="zonotop")
