@@ -1,0 +1,1 @@
+"""Duality-based bounds (SoK: duality): the Wong-Kolter dual network."""
