@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bab.bounding import Domains, UnsupportedLayerError, get_bounder
-from bab.bounding.duality.wk import DualSweep, WongKolter, dual_nodes
+from bab.bounding.duality.wk import RULES, DualNet, DualSweep, WongKolter, dual_nodes
 from bab.bounding.interval.ibp import IBP
 from bab.bounding.polyhedra.crown import Crown, Options, Sweep, plan_for, prepare
 from bab.bounding.polyhedra.relax import POLICIES
@@ -129,6 +129,43 @@ def test_dual_of_first_layer_is_its_interval() -> None:
     assert 2 not in dual_nodes(net) and 5 in dual_nodes(net)
     lo, hi = sw.node_bounds(2)
     assert torch.allclose(lo, sw.boxes[2][0], atol=1e-10) and torch.allclose(hi, sw.boxes[2][1], atol=1e-10)
+
+
+_G = torch.Generator().manual_seed(0)
+_r = lambda *s: torch.randn(*s, generator=_G, dtype=torch.float64)
+AFFINE_CASES = [
+    (L.Linear(_r(3, 5), _r(3)), (5,)),
+    (L.Linear(_r(3, 4), _r(3)), (2, 4)),
+    (L.Conv2d(_r(3, 2, 3, 3), _r(3), (2, 2), (1, 1)), (2, 8, 7)),
+    (L.Conv2d(_r(4, 1, 2, 3), _r(4), (3, 2), (0, 1), (2, 1), 2), (2, 9, 8)),
+    (L.AvgPool2d((3, 3), (2, 2), (1, 1)), (2, 7, 8)),
+    (L.AvgPool2d((2, 2), (2, 2), (1, 1), count_include_pad=False), (2, 5, 5)),
+    (L.AvgPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True), (1, 5, 5)),
+    (L.Pad((1, -1, 2, 0), 0.7), (2, 4, 4)),
+    (L.Transpose((2, 0, 1)), (2, 3, 4)),
+    (L.Reshape((12,)), (3, 2, 2)),
+    (L.ElementwiseAffine(_r(3, 1, 1), _r(1, 2, 1)), (3, 2, 2)),
+    (L.ElementwiseAffine(_r(1), _r(2, 1)), (3, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("layer,in_shape", AFFINE_CASES, ids=lambda v: getattr(v, "kind", str(v)))
+def test_affine_dual_rules(layer: L.Layer, in_shape) -> None:
+    """Each affine layer ``z -> J z + β`` (``β = layer(0)``) has dual ``ν̂ = J^T ν`` and
+    objective term ``-ν·β`` (``J`` from autograd on the layer's own forward)."""
+    net = chain([layer], in_shape, dtype=torch.float64)
+    out_shape = net.nodes[0].out_shape
+    nu = _r(2, 3, *out_shape)
+    z = torch.zeros(1, *in_shape, dtype=torch.float64, requires_grad=True)
+    y = layer.forward(z)
+    want = torch.stack([torch.autograd.grad(y, z, nu[i, j][None], retain_graph=True)[0][0]
+                        for i in range(2) for j in range(3)]).reshape(2, 3, *in_shape)
+    (got,), term = RULES.rule(layer)(DualNet(net), 0, layer, nu)
+    assert got.shape == (2, 3, *in_shape) and torch.allclose(got, want, atol=1e-10)
+    beta = y.detach()[0]
+    want_term = -(nu * beta).flatten(2).sum(-1)
+    assert torch.allclose(torch.zeros(2, 3, dtype=torch.float64) if term is None else term,
+                          want_term, atol=1e-10)
 
 
 # --------------------------------------------------------------------------- dual == Fast-Lin
@@ -254,7 +291,7 @@ def test_phases_fixing_every_relu_give_the_affine_map() -> None:
     fixed = Domains(dom.lower, dom.upper, dom.C, phases)
     b = WongKolter().bound(net, fixed)
     for i in range(2):  # the affine map's minimum over the box, from its Jacobian at the point
-        J = torch.func.jacrev(lambda v: net.forward(v[None])[0])(x[i, 0].clone())
+        J = torch.autograd.functional.jacobian(lambda v: net.forward(v[None])[0], x[i, 0].clone())
         A = dom.C[i] @ J
         y0 = dom.C[i] @ net.forward(x[i, 0][None])[0].detach()
         mid, rad = (dom.lower[i] + dom.upper[i]) / 2, (dom.upper[i] - dom.lower[i]) / 2
@@ -333,3 +370,12 @@ def test_cli_wk_unsupported_op_is_unknown_with_reason(tiny) -> None:
     p = run_bab("verify", str(tiny["sigmoid"]), str(tiny["prop"]), "--method", "wk", "--timeout", "60")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("unknown") and "Sigmoid" in p.stdout and "'wk'" in p.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu() -> None:
+    net = NETS["conv"]()
+    dom, _ = _random_domains(net, N=3, seed=4)
+    cpu = WongKolter(dtype="float64").bound(net, dom).lower
+    gpu = WongKolter(dtype="float64", device="cuda").bound(net, dom).lower
+    assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-8)

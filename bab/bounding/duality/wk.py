@@ -149,11 +149,14 @@ def _scale(net: DualNet, idx: int, layer: L.ElementwiseAffine, nu: torch.Tensor)
 
 @RULES.register(L.AvgPool2d)
 def _avgpool(net: DualNet, idx: int, layer: L.AvgPool2d, nu: torch.Tensor) -> DualStep:
-    """The adjoint of the (linear) pooling, exact for any padding/divisor: its VJP."""
+    """The adjoint of the (linear) pooling, exact for any padding/divisor/ceil mode: the
+    gradient of ``ν · pool(z)`` at ``z = 0``."""
     N, R = nu.shape[:2]
     shape = net.in_shape(idx)
-    _, pull = torch.func.vjp(layer.forward, nu.new_zeros(N * R, *shape))
-    return [pull(nu.reshape(N * R, *nu.shape[2:]))[0].reshape(N, R, *shape)], None
+    with torch.enable_grad():
+        z = nu.new_zeros(N * R, *shape, requires_grad=True)
+        adj, = torch.autograd.grad(layer.forward(z), z, nu.reshape(N * R, *nu.shape[2:]))
+    return [adj.reshape(N, R, *shape)], None
 
 
 @RULES.register(L.Pad)
@@ -292,7 +295,8 @@ class DualSweep:
         for j0 in range(0, n, step):
             k = min(step, n - j0)
             eye = self.domains.lower.new_zeros(k, n)
-            eye[torch.arange(k), torch.arange(j0, j0 + k)] = 1.0
+            pos = torch.arange(k, device=eye.device)
+            eye[pos, pos + j0] = 1.0
             nu0 = torch.cat([-eye, eye]).expand(N, 2 * k, n).reshape(N, 2 * k, *shape)
             J = self.objective(idx, nu0)
             lo.append(J[:, :k])
