@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["verify", "Result", "Status", "Config", "__version__"]
+__all__ = ["verify", "certify", "compare", "Result", "Status", "Config", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +21,14 @@ def __getattr__(name: str) -> Any:
         from bab import result
 
         return getattr(result, name)
+    if name == "certify":
+        from bab.compare.api import certify
+
+        return certify
+    if name == "compare":  # the package is callable: bab.compare(...) runs the comparison
+        import importlib
+
+        return importlib.import_module("bab.compare")
     if name == "Config":
         from bab.config import Config
 
