@@ -86,6 +86,15 @@ class SolverConfig:
 
 
 @dataclass(frozen=True)
+class MultiNeuronConfig:
+    """The multi-neuron LP bounder ``krelu`` (joint constraints over groups of unstable ReLUs)."""
+
+    k: int = opt(2, "Neurons per group (2: exact 4-d hull; 3: projected 6-d hull, slower).", (2, 3))
+    groups_per_layer: int = opt(20, "Groups per ReLU layer and domain, chosen by overlap of their inputs.")
+    time_limit: float = opt(30.0, "Seconds per domain for constraint generation plus the LPs.")
+
+
+@dataclass(frozen=True)
 class BabConfig:
     """Branch and bound (the complete search after the incomplete passes)."""
 
@@ -154,6 +163,7 @@ class Config:
     bab: BabConfig = field(default_factory=BabConfig)
     beta: BetaConfig = field(default_factory=BetaConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
+    multi_neuron: MultiNeuronConfig = field(default_factory=MultiNeuronConfig)
 
 
 def _hints(cls: type) -> dict[str, Any]:
