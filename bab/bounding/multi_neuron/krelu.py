@@ -81,8 +81,9 @@ class KRelu:
     ``time_limit``: seconds per domain (constraint generation plus the LPs);
     ``rows_per_group``: deepest hull facets kept per group; ``max_lp_size``: refuse LPs with
     more variables plus rows; ``config``: a :class:`bab.config.Config` (its ``multi_neuron``
-    section overrides the three first settings, its ``solver`` section picks the LP back end)
-    or a ``MultiNeuronConfig``.
+    section gives the first three settings when they are not passed explicitly, its ``solver``
+    section the LP back end and tolerances) or a ``MultiNeuronConfig``; without either, the
+    ``MultiNeuronConfig`` defaults (k = 2, 20 groups per layer, 30 s per domain).
     """
 
     name = "krelu"
@@ -177,7 +178,7 @@ class KRelu:
             return np.full(C.shape[0], np.inf)  # the fixed phases contradict sound bounds
         end = time.monotonic() + time_limit
         values = lp_minima(plan.enc, add_joint_rows(plan.model, rows), C, solver, disp, time_limit)
-        if rows and np.all(np.isposinf(values)):  # infeasible only with the joint rows: keep the triangle's
+        if rows and np.any(np.isposinf(values)):  # "infeasible" with the joint rows: trust the triangle's
             values = lp_minima(plan.enc, plan.model, C, solver, disp, max(0.05, end - time.monotonic()))
         eps = prove_eps(solver)
         return np.where(np.isfinite(values), values - eps * (1.0 + np.abs(values)), values)
