@@ -180,3 +180,15 @@ def test_cli_verify_with_sdp(tmp_path) -> None:
     p = run_bab("verify", str(model), str(prop), "--method", "sdp", "--timeout", "60")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("unsat") and "[sdp]" in p.stdout
+
+
+@pytest.mark.slow
+def test_scs_route_below_milp() -> None:
+    """Matrices above ``ipm_max_dim`` go to SCS automatically; still below the MILP minimum."""
+    for seed in (1, 3, 7, 9, 11):
+        net, c, lo, hi = _case(seed)
+        exact = _milp_min(net, lo, hi, c)
+        for m in (SdpVerify(ipm_max_dim=10), LmiVerify(ipm_max_dim=10)):
+            b = m.bound(net, _dom(lo, hi, c))
+            assert b.state.dims[0] > 10 and b.state.solves[0][0].solver == "SCS"
+            assert b.lower.item() <= exact + 1e-6
