@@ -91,8 +91,7 @@ def _affine(ctx: Ctx, z: Zono, op: Callable, op_abs: Callable, bias: torch.Tenso
     c = op(z.c) if bias is None else op(z.c) + bias
     G = None if z.G is None else _cols(op, z.G)
     if z.D is not None:
-        extra = materialise(z.D, ctx.syms, ctx.in_shape, ctx.out_shape, op, columns)
-        G = pad_k(G, extra.shape[1], c) + extra
+        G = materialise(z.D, ctx.syms, ctx.in_shape, ctx.out_shape, op, columns, G)
     err = op_abs(z.err + g * (z.c.abs() + z.rad()))
     if bias is not None:
         err = err + g * bias.abs()
@@ -415,6 +414,7 @@ class Zonotope:
         if dom.size == 0:
             return _empty(net, dom)
         step = max(1, self.memory_elements // domain_elements(net))
+        step = -(-dom.size // -(-dom.size // step))  # equal chunks
         parts, cache = [], {}
         with torch.no_grad(), exact_matmul(dom.lower.device):
             for s in range(0, dom.size, step):

@@ -122,8 +122,10 @@ def pad_k(G: torch.Tensor | None, k: int, like: torch.Tensor) -> torch.Tensor:
 
 def materialise(D: Diag, syms: Symbols, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
                 op: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                columns: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """``op`` (linear, no bias; ``None``: identity) applied to the block: dense ``[N, K, *out]``.
+                columns: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                base: torch.Tensor | None = None) -> torch.Tensor:
+    """``op`` (linear, no bias; ``None``: identity) applied to the block, added to the dense
+    generators ``base`` (already mapped; ``[N, K0, *out]``): dense ``[N, K, *out]``.
 
     ``columns(q)``: the Jacobian columns ``op(e_q)`` ``[s, *out]`` when cheaper than pushing
     one-hot images through ``op``. Only positions with a nonzero coefficient in some domain
@@ -146,11 +148,22 @@ def materialise(D: Diag, syms: Symbols, in_shape: tuple[int, ...], out_shape: tu
             part = q[s0:s0 + step]
             J = J_of(part) if J_of is not None else _onehot(op, in_shape, part, coef)
             contrib[:, s0:s0 + part.numel()] = coef[:, part].unsqueeze(-1) * J.reshape(part.numel(), n_out)
-    if cols.numel() == syms.total and bool((cols == torch.arange(syms.total, device=cols.device)).all()):
-        return contrib.reshape(N, syms.total, *out_shape)  # every column, in order: no scatter
-    out = torch.zeros(N, syms.total, n_out, dtype=coef.dtype, device=coef.device)
-    out.index_add_(1, cols, contrib)
-    return out.reshape(N, syms.total, *out_shape)
+    return _combine(base, cols, contrib, syms.total, out_shape)
+
+
+def _combine(base: torch.Tensor | None, cols: torch.Tensor, contrib: torch.Tensor, total: int,
+             out_shape: tuple[int, ...]) -> torch.Tensor:
+    """Dense generators ``[N, total, *out]``: ``base`` (the first columns) plus ``contrib`` in ``cols``."""
+    N, n_out = contrib.shape[0], contrib.shape[2]
+    like = torch.empty(N, n_out, dtype=contrib.dtype, device=contrib.device)
+    flat = None if base is None else base.reshape(N, base.shape[1], n_out)
+    k0 = total - cols.numel()
+    if (flat is None or flat.shape[1] <= k0) and bool((cols == torch.arange(k0, total, device=cols.device)).all()):
+        out = torch.cat([pad_k(flat, k0, like), contrib], 1)  # the block is the last columns, in order
+    else:
+        out = pad_k(flat, total, like).clone()
+        out.index_add_(1, cols, contrib)
+    return out.reshape(N, total, *out_shape)
 
 
 def _onehot(op: Callable, in_shape: tuple[int, ...], part: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -183,5 +196,4 @@ def dense(z: Zono, syms: Symbols) -> Zono:
     if z.D is None:
         return z
     shape = tuple(z.c.shape[1:])
-    extra = materialise(z.D, syms, shape, shape)
-    return Zono(z.c, pad_k(z.G, extra.shape[1], z.c) + extra, z.err, None, z._rad64)
+    return Zono(z.c, materialise(z.D, syms, shape, shape, base=z.G), z.err, None, z._rad64)
