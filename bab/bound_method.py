@@ -47,6 +47,7 @@ class BoundMethod:
             try:
                 proven = self.region_infeasible(pipeline, bounder, region)
             except (BounderRefusal, UnsupportedLayerError) as exc:
+                pipeline.stats.extra["refused"] = f"{type(exc).__name__}: {exc}"  # bab compare: n/a
                 return Outcome(Status.UNKNOWN, reason=f"{self.name}: {exc}")
             if not all(proven):
                 return Outcome(Status.UNKNOWN, reason=f"{self.name} bounds could not prove every clause")

@@ -140,9 +140,10 @@ def test_parallel_jobs_give_the_same_counts(zoo: dict) -> None:
 
 
 def test_unsupported_method_is_na_with_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """milp rejects sigmoids statically; a bounder raising UnsupportedLayerError gives n/a too."""
+    """milp rejects sigmoids statically; a bounder raising UnsupportedLayerError inside verify
+    gives n/a too; a bounder refusing only some points leaves the cell a percentage."""
     import bab.bounding as bounding
-    from bab.bounding import UnsupportedLayerError
+    from bab.bounding import BounderRefusal, UnsupportedLayerError
 
     model = random_mlp(tmp_path / "sig.onnx", [4, 6, 3], act="Sigmoid")
     rng = np.random.default_rng(0)
@@ -155,15 +156,27 @@ def test_unsupported_method_is_na_with_a_reason(tmp_path: Path, monkeypatch: pyt
     class Refuses:
         name = "crown"
 
-        def bound(self, net, dom, state=None):
+        def bound(self, net, dom, state=None):  # noqa: ANN001, ANN201 - test double
             raise UnsupportedLayerError("bounding method 'crown' has no rule for layer Sigmoid")
 
-    monkeypatch.setattr(bounding, "get_bounder", lambda n: Refuses() if n == "crown" else real(n))
+    class RefusesFirst:
+        name = "ibp"
+
+        def bound(self, net, dom, state=None):  # noqa: ANN001, ANN201 - test double
+            if np.allclose(dom.lower[0].numpy(), np.clip(x[0] - 0.01, 0, 1)):
+                raise BounderRefusal("ibp: inaccurate solve")
+            return real("ibp").bound(net, dom, state)
+
+    fakes = {"crown": Refuses(), "ibp": RefusesFirst()}
+    monkeypatch.setattr(bounding, "get_bounder", lambda n: fakes[n] if n in fakes else real(n))
     res = api.compare([model], (x, y), eps=0.01, methods="milp,crown,ibp", limit=6, timeout=10)
     milp, crown, ibp = (res.cell("sig", m) for m in ("milp", "crown", "ibp"))
     assert milp.certified is None and "Sigmoid" in milp.reason
     assert crown.certified is None and "no rule for layer Sigmoid" in crown.reason
     assert ibp.certified is not None
+    ibp_rows = sorted((r for r in res.points if r.method == "ibp"), key=lambda r: r.point)
+    assert ibp_rows[0].status == "n/a" and "inaccurate solve" in ibp_rows[0].reason
+    assert all(r.status != "n/a" for r in ibp_rows[1:])
     assert "n/a (" in milp.cell() and "0.0 %" not in milp.cell()
     assert res.markdown().count("n/a (") == 2
     frame = res.to_dataframe()

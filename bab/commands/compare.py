@@ -103,7 +103,7 @@ def _compare(args: argparse.Namespace) -> Any:
         raise CompareInputError(str(exc)) from None
     return compare(args.models, args.data, eps=args.eps, norm=args.norm, methods=args.methods,
                    limit=args.limit, timeout=args.timeout, jobs=args.jobs, output=args.output,
-                   config=cfg, seed=args.seed, on_row=Progress())
+                   config=cfg, seed=args.seed, processes=True, on_row=Progress())
 
 
 def _tuple(value: Any, cast: Any) -> tuple:

@@ -157,12 +157,15 @@ def _check_resume(output: Path, settings: dict) -> None:
 
 def compare(models: Any, data: Any, *, eps: float, norm: str = "inf", methods: Any = "all",
             limit: int = 100, timeout: float = 60.0, jobs: int = 1, output: str | Path | None = None,
-            input_shape: Any = None, config: Any = None, seed: int = 0,
+            input_shape: Any = None, config: Any = None, seed: int = 0, processes: bool | None = None,
             on_row: Callable[[PointRow], None] | None = None) -> CompareResult:
     """Certified accuracy of every method on every model (see the module docstring).
 
     ``models``: a list (or name -> model dict) of ONNX paths, Networks or torch modules
     (``input_shape`` for those); ``data``: an ``.npz`` path or ``(x, y)`` arrays.
+    ``processes``: certify in worker processes that are killed when a point overruns its
+    timeout (default: when ``jobs > 1``; else in this process, where only verify's own
+    deadline applies).
     """
     from bab.config import Config
 
@@ -184,7 +187,7 @@ def compare(models: Any, data: Any, *, eps: float, norm: str = "inf", methods: A
         out.mkdir(parents=True, exist_ok=True)
         _check_resume(out, settings)
     run = _Run(loaded, x, y, eps, clip, float(timeout), seed, out, on_row)
-    run.execute(names, config or Config(), int(jobs))
+    run.execute(names, config or Config(), int(jobs), int(jobs) > 1 if processes is None else processes)
     return run.result(names, settings)
 
 
@@ -212,7 +215,7 @@ class _Run:
         if self.on_row is not None:
             self.on_row(row)
 
-    def execute(self, methods: list[str], cfg: Any, jobs: int) -> None:
+    def execute(self, methods: list[str], cfg: Any, jobs: int, processes: bool) -> None:
         """Clean and PGD rows, n/a rows, then every missing certification."""
         tasks: list[PointTask] = []
         try:
@@ -227,7 +230,7 @@ class _Run:
                 for method in methods:
                     tasks += self._tasks(m, method, correct)
             self.verified = len(tasks)
-            run_tasks(tasks, {m.name: m for m in self.models}, cfg, jobs, self.add)
+            run_tasks(tasks, {m.name: m for m in self.models}, cfg, jobs, self.add, processes)
         finally:
             self.file.close()
 
@@ -238,7 +241,7 @@ class _Run:
         todo = [i for i in todo if correct[i]]
         if not todo:
             return []
-        reason = probe(m.network, method, self.x[todo[0]], int(self.y[todo[0]]))
+        reason = probe(m.network, method)
         if reason is not None:
             for i in todo:
                 self.add(PointRow(m.name, method, i, int(self.y[i]), "n/a", False, 0.0, reason))
@@ -260,7 +263,8 @@ class _Run:
             rewrite_points(self.out / "points.csv", sorted(self.rows.values(), key=_order))
             write_summary(rows, self.out / "summary.csv")
             (self.out / "table.md").write_text(res.markdown(), encoding="utf-8")
-            heatmap(rows, self.out / "heatmap.png", header_line(settings)[:90])
+            heatmap(rows, self.out / "heatmap.png",
+                    f"l-{settings['norm']} eps = {settings['eps']:g}, {settings['points']} points")
         return res
 
 

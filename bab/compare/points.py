@@ -94,6 +94,9 @@ def certify_point(network: Any, reference: Any, task: PointTask, cfg: Any) -> Po
         return _row(task, NA, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - one failing point must not end the comparison
         return _row(task, ERROR, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
+    refused = res.stats.extra.get("refused") if res.status.value == "unknown" else None
+    if refused:  # a one-pass bounder declined the instance or a layer: not the method's failure
+        return _row(task, NA, time.perf_counter() - start, refused)
     return _row(task, res.status.value, time.perf_counter() - start, res.reason)
 
 
@@ -102,12 +105,13 @@ def _row(task: PointTask, status: str, elapsed: float, reason: str) -> PointRow:
                     elapsed, " ".join(str(reason).split()))
 
 
-def probe(network: Any, method: str, x: np.ndarray, label: int) -> str | None:
+def probe(network: Any, method: str) -> str | None:
     """Why ``method`` cannot run on ``network`` at all (``None``: it can).
 
-    The method's module must import; a one-pass bounder must accept the network (bounded once
-    on the zero-width box at the point: ``UnsupportedLayerError`` / ``BounderRefusal`` give
-    the reason); a solver method must support every layer kind it lists as unsupported.
+    Cheap, static checks only: the method's module (and bounder) must import, and a solver
+    method must support every layer kind (its module's ``UNSUPPORTED``). A bounder that
+    refuses the network (``UnsupportedLayerError`` / ``BounderRefusal``) is seen per point, by
+    :func:`certify_point`, within the point's timeout.
     """
     from bab import taxonomy
     from bab.methods import get_method
@@ -124,7 +128,7 @@ def probe(network: Any, method: str, x: np.ndarray, label: int) -> str | None:
         return f"{', '.join(bad)} not supported by {method}"
     if row.bounder is None:
         return None
-    return _probe_bounder(network, method, x, label)
+    return _probe_bounder(method)
 
 
 def _import_failure(exc: Exception) -> str:
@@ -134,29 +138,14 @@ def _import_failure(exc: Exception) -> str:
     return f"does not import: {type(exc).__name__}: {exc}"
 
 
-def _probe_bounder(network: Any, method: str, x: np.ndarray, label: int) -> str | None:
-    import copy
-
-    import torch
-
-    from bab.bounding import BounderRefusal, Domains, UnsupportedLayerError, get_bounder
+def _probe_bounder(method: str) -> str | None:
+    """The bounder's code must import (bounding itself happens per point, under the timeout)."""
+    from bab.bounding import get_bounder
 
     try:
-        bounder = get_bounder(method)
+        get_bounder(method)
     except Exception as exc:  # noqa: BLE001
         return _import_failure(exc)
-    net = copy.deepcopy(network).to(torch.float64)
-    spec = robustness_spec(x, x, label, net.n_outputs)
-    rows = np.concatenate([c.C for c in spec.regions[0].clauses])
-    point = torch.as_tensor(np.asarray(x, np.float64))[None]
-    dom = Domains(point, point.clone(), torch.as_tensor(rows)[None])
-    try:
-        with torch.no_grad():
-            bounder.bound(net, dom)
-    except (UnsupportedLayerError, BounderRefusal, ImportError) as exc:
-        return " ".join(str(exc).split()) or type(exc).__name__
-    except Exception:  # noqa: BLE001 - other failures are per-point errors, reported there
-        return None
     return None
 
 

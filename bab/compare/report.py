@@ -132,7 +132,7 @@ def heatmap(rows: Sequence[SummaryRow], path: Path, title: str = "") -> Path:
     models, methods, cells = _grid(rows)
     values = np.array([[np.nan if cells[(mo, me)].percent is None else cells[(mo, me)].percent
                         for mo in models] for me in methods], dtype=float)
-    fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(models), 1.0 + 0.4 * len(methods)))
+    fig, ax = plt.subplots(figsize=(3.5 + 1.3 * len(models), 1.2 + 0.4 * len(methods)))
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(models)), models, rotation=30, ha="right")

@@ -1,5 +1,6 @@
-"""Run the certifications of a comparison: in this process (``jobs=1``) or in ``jobs`` worker
-processes (``python -m bab.compare.runner``, one torch thread each) that are killed when a point overruns its timeout.
+"""Run the certifications of a comparison: one by one in this process, or in ``jobs`` worker
+processes (``python -m bab.compare.runner``, one torch thread each) that are killed when a
+point overruns its timeout (the command line always uses workers).
 
 ``points.csv`` is appended to as rows finish, so an interrupted run loses nothing; a rerun
 reads it back and skips every (model, method, point) it already holds (``n/a`` and ``error``
@@ -86,9 +87,12 @@ def rewrite_points(path: Path, rows: Sequence[PointRow]) -> None:
 
 
 def run_tasks(tasks: Sequence[PointTask], models: dict[str, Any], cfg: Any, jobs: int,
-              on_row: Callable[[PointRow], None]) -> None:
-    """Certify every task; ``models`` maps a name to its :class:`bab.compare.data.Model`."""
-    if jobs <= 1 or len(tasks) <= 1:
+              on_row: Callable[[PointRow], None], processes: bool = False) -> None:
+    """Certify every task; ``models`` maps a name to its :class:`bab.compare.data.Model`.
+    ``processes``: in ``jobs`` worker processes (hard timeouts), else here, one by one."""
+    if not tasks:
+        return
+    if not processes:
         import torch
 
         from bab.compare.data import reference_of
