@@ -58,7 +58,7 @@ def certify(model: Any, x: Any, label: int, *, eps: float, norm: str = "inf",
     lo, hi = D.ball(x, eps, clip)
     spec = robustness_spec(lo, hi, int(label), m.network.n_outputs)
     cfg = method_config(config or Config(), method, timeout, falsify)
-    res = verify(m.network, spec, cfg, timeout, reference=m.reference)
+    res = verify(m.network, spec, cfg, timeout, reference=D.reference_of(m))
     return Certificate(res.status.value == "unsat", res.status, method, res.time_s, res.reason,
                        res.counterexample)
 

@@ -101,21 +101,12 @@ def run_tasks(tasks: Sequence[PointTask], models: dict[str, Any], cfg: Any, jobs
         try:
             for task in tasks:
                 model = models[task.model]
-                on_row(certify_point(model.network, _replay_ref(model, reference_of),
+                on_row(certify_point(model.network, reference_of(model),
                                      task, method_config(cfg, task.method, task.timeout)))
         finally:
             torch.set_num_threads(threads)
         return
     Pool(jobs, models, cfg).run(tasks, on_row)
-
-
-def _replay_ref(model: Any, reference_of: Callable[[Any], Any]) -> Any:
-    """What verify replays on: the torch module or fallback reference; ``None`` lets the
-    pipeline open the ONNX source itself."""
-    net = model.network
-    if model.reference is None and net.source and Path(net.source).exists():
-        return None
-    return reference_of(model)
 
 
 def _send(conn: Any, obj: Any) -> None:
@@ -132,7 +123,6 @@ def worker_main(read_fd: int, write_fd: int) -> None:
     ``(models, cfg)``, then tasks until ``None``; one row is sent back per task."""
     from multiprocessing.connection import Connection
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     from bab.compare.data import reference_of
@@ -143,7 +133,7 @@ def worker_main(read_fd: int, write_fd: int) -> None:
     _send(outbox, "ready")  # the parent starts a task's clock only from here
     while (task := _recv(inbox)) is not None:
         model = models[task.model]
-        _send(outbox, certify_point(model.network, _replay_ref(model, reference_of), task,
+        _send(outbox, certify_point(model.network, reference_of(model), task,
                                   method_config(cfg, task.method, task.timeout)))
 
 
@@ -163,7 +153,7 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bab.compare.runner", str(child_in), str(child_out)],
             pass_fds=(child_in, child_out), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            start_new_session=True, env=_project_env())
+            start_new_session=True, env={**_project_env(), "OMP_NUM_THREADS": "1"})
         os.close(child_in)
         os.close(child_out)
         self.inbox = Connection(from_child, writable=False)
