@@ -127,6 +127,23 @@ def test_inaccurate_solve_gives_minus_inf() -> None:
     assert b.state.solves[0][0].status != "optimal"
 
 
+def test_deadline_caps_the_solves() -> None:
+    """With no time left no solver runs (-inf, status says why); a tiny budget ends quickly."""
+    import time
+
+    net, c, lo, hi = _case(3)
+    bounder = SdpVerify(solver="SCS")
+    bounder.remaining = lambda: 0.0
+    b = bounder.bound(net, _dom(lo, hi, np.stack([c, -c])))
+    assert torch.all(b.lower == -math.inf)
+    assert {s.status for s in b.state.solves[0]} == {"time limit reached"}
+    bounder.remaining = lambda: 1e-3
+    start = time.perf_counter()
+    b = bounder.bound(net, _dom(lo, hi, c))
+    assert time.perf_counter() - start < 5.0
+    assert b.lower.item() == -math.inf or b.state.solves[0][0].status == "optimal"
+
+
 def test_fixed_phases_batches_and_float32() -> None:
     net32 = random_mlp([3, 8, 8, 2], seed=4)
     net = random_mlp([3, 8, 8, 2], seed=4).to(F64)

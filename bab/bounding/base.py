@@ -70,18 +70,43 @@ class Domains:
 
     ``lower``/``upper``: input boxes ``[N, n_in]``. ``C``: clause matrices ``[N, M, n_out]``.
     ``phases``: optional fixed ReLU phases per ReLU node index, each ``[N, *shape]`` with
-    ``-1`` (inactive), ``0`` (free) or ``+1`` (active).
+    ``-1`` (inactive), ``0`` (free) or ``+1`` (active). ``center`` ``[N, n_in]``, ``eps``
+    ``[N]`` and ``p`` (``"inf"``, ``"2"``, ``"1"``): an optional l_p ball per domain; the input
+    set is then ``ball ∩ [lower, upper]`` (bounders that only read the box stay sound).
     """
 
     lower: torch.Tensor
     upper: torch.Tensor
     C: torch.Tensor
     phases: dict[int, torch.Tensor] = field(default_factory=dict)
+    center: torch.Tensor | None = None
+    eps: torch.Tensor | None = None
+    p: str = "inf"
 
     @property
     def size(self) -> int:
         """Number of sub-domains."""
         return int(self.lower.shape[0])
+
+    @property
+    def has_ball(self) -> bool:
+        """Whether the domains carry an l_p ball."""
+        return self.center is not None and self.eps is not None
+
+    def ball_of(self, index: Any = None, **kw: Any) -> dict[str, Any]:
+        """Keyword arguments copying the ball to another :class:`Domains` (rows ``index``,
+        a slice or index tensor; ``kw``: ``dtype``/``device`` for ``Tensor.to``)."""
+        if not self.has_ball:
+            return {}
+        c, e = self.center, self.eps
+        if index is not None:
+            c, e = c[index], e[index]
+        return {"center": c.to(**kw) if kw else c, "eps": e.to(**kw) if kw else e, "p": self.p}
+
+    @property
+    def input_set(self) -> str:
+        """``"box"`` or the ball's norm (``"inf"``, ``"2"``, ``"1"``)."""
+        return self.p if self.has_ball else "box"
 
 
 @dataclass
@@ -94,8 +119,36 @@ class Bounds:
     state: Any = None
 
 
+SET_NAMES = {"box": "box", "inf": "ℓ∞ ball", "2": "ℓ2 ball", "1": "ℓ1 ball"}
+
+
+def check_input_set(bounder: Any, domains: Domains | str) -> str:
+    """How ``bounder`` treats the domains' input set (``"exact"``, ``"hull"``), or
+    :class:`BounderRefusal` naming the set.
+
+    A bounder declares ``input_sets = {"inf": ..., "2": ..., "1": ...}`` (``"exact"``: the
+    ball enters its bound; ``"hull"``: it bounds the ball's box hull, sound but looser). Boxes
+    and ℓ∞ balls (whose intersection with a box is a box) are accepted by every bounder; a
+    bounder without the attribute handles boxes only.
+    """
+    kind = domains if isinstance(domains, str) else domains.input_set
+    if kind in ("box", "inf"):
+        return "exact"
+    how = getattr(bounder, "input_sets", {}).get(kind)
+    if how is None:
+        name = getattr(bounder, "name", type(bounder).__name__)
+        raise BounderRefusal(f"{name} cannot handle an {SET_NAMES[kind]}: it bounds boxes only "
+                             "(its box hull would be a silent relaxation)")
+    return how
+
+
 class Bounder(Protocol):
-    """A bounding method: a name and a ``bound`` call on a batch of domains."""
+    """A bounding method: a name and a ``bound`` call on a batch of domains.
+
+    A bounder that may run long (one solver call per row) has an attribute ``remaining``:
+    ``None`` or a callable giving the seconds left; callers with a deadline set it, and the
+    bounder caps its solver calls by it (rows left unsolved get ``-inf``).
+    """
 
     name: str
 

@@ -323,6 +323,7 @@ class SdpVerify:
         self.max_hidden, self.max_dim, self.ipm_max_dim = max_hidden, max_dim, ipm_max_dim
         self.solver, self.solver_opts = solver, solver_opts
         self.rules = make_rules(self.name)
+        self.remaining: Callable[[], float] | None = None  # seconds left (set by the caller)
 
     def check(self, network: Network, domains: Domains | None = None) -> Chain:
         """The chain, or a refusal naming the limit (hidden units; free inputs + 1)."""
@@ -341,6 +342,13 @@ class SdpVerify:
         opts = {"eps_abs": 1e-5, "eps_rel": 1e-5, "max_iters": 100000} if name == "SCS" else {}
         opts.update(self.solver_opts or {})
         return choose_solver(name), opts
+
+    def _solve(self, dual: DualSdp, lf: Lifted, c: np.ndarray) -> SolveInfo:
+        """One row's solve within the time left (none left: not solved, bound ``-inf``)."""
+        left = None if self.remaining is None else self.remaining()
+        if left is not None and left <= 0:
+            return SolveInfo(dual.solver, "time limit reached", 0.0)
+        return dual.solve(*lf.objective(c), time_limit=left)
 
     def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
         """Certified lower bounds of ``C f(x)``; a row whose solve is not optimal gets ``-inf``."""
@@ -366,7 +374,7 @@ class SdpVerify:
             if lf.n > self.max_dim:
                 raise BounderRefusal(f"{self.name}: SDP matrix side {lf.n} > limit {self.max_dim} (max_dim)")
             dual = DualSdp(self.constraints(lf).system(lf.vmax, lf.gamma), *self._solver(lf.n))
-            row = [dual.solve(*lf.objective(C[d, r])) for r in range(M)]
+            row = [self._solve(dual, lf, C[d, r]) for r in range(M)]
             lower[d] = [s.bound for s in row]
             solves.append(row)
             dims.append(lf.n)

@@ -138,6 +138,18 @@ def objective_map(n: int) -> sp.csc_matrix:
     return sp.csc_matrix((np.full(2 * n, 0.5), (rows, np.concatenate([j, j]))), shape=(n * n, n))
 
 
+def time_limit_options(solver: str, seconds: float) -> dict[str, Any]:
+    """The cvxpy keyword that caps ``solver``'s run time at ``seconds``."""
+    seconds = max(0.01, float(seconds))
+    if solver == "SCS":
+        return {"time_limit_secs": seconds}
+    if solver == "CLARABEL":
+        return {"time_limit": seconds}
+    if solver == "MOSEK":
+        return {"mosek_params": {"MSK_DPAR_OPTIMIZER_MAX_TIME": seconds}}
+    return {}
+
+
 class DualSdp:
     """The dual SDP of one constraint system, compiled once and solved per objective ``q``."""
 
@@ -159,16 +171,20 @@ class DualSdp:
         self.errors = qc.form_errors()
         self.terms = np.diff(self.B.tocsr().indptr) + 6  # rounding terms per entry of vec(M)
 
-    def solve(self, q: np.ndarray, qerr: float) -> SolveInfo:
-        """Certified lower bound of ``q·v`` (``qerr``: rounding bound of ``q·v``), as a SolveInfo."""
+    def solve(self, q: np.ndarray, qerr: float, time_limit: float | None = None) -> SolveInfo:
+        """Certified lower bound of ``q·v`` (``qerr``: rounding bound of ``q·v``), as a SolveInfo;
+        ``time_limit`` (seconds) is passed to the solver (a solve stopped by it is not optimal)."""
         import cvxpy as cp
 
         self.q.value = q
         start = time.perf_counter()
+        opts = dict(self.opts)
+        if time_limit is not None:
+            opts.update(time_limit_options(self.solver, time_limit))
         try:
             with warnings.catch_warnings():  # an inaccurate status is reported, not warned
                 warnings.simplefilter("ignore")
-                self.problem.solve(solver=self.solver, **self.opts)
+                self.problem.solve(solver=self.solver, **opts)
             status = str(self.problem.status)
         except cp.error.SolverError as exc:
             status = f"error: {exc}"
