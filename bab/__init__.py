@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["verify", "certify", "compare", "Result", "Status", "Config", "__version__"]
+__all__ = ["verify", "certify", "compare", "radius", "Result", "Status", "Config", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,6 +25,10 @@ def __getattr__(name: str) -> Any:
         from bab.compare.api import certify
 
         return certify
+    if name == "radius":
+        from bab.radius_api import radius
+
+        return radius
     if name == "compare":  # the package is callable: bab.compare(...) runs the comparison
         import importlib
 

@@ -87,8 +87,14 @@ def run_input_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome,
     """Input-split BaB on one region: one brancher, or the ``auto`` portfolio of several."""
     from bab.portfolio import interleave
 
+    from bab.bounding import BounderRefusal
+
     cfg = pipeline.cfg.bab
     problem = _input_problem(pipeline, region, index)
+    try:
+        problem.check_sets()
+    except BounderRefusal as exc:
+        return BabOutcome("unknown", reason=str(exc)), BabStats(strategy="input-split")
     names = cfg.input_portfolio.split("+") if cfg.input_branching == "auto" else [cfg.input_branching]
     engines = {name: _input_engine(pipeline, problem, name) for name in names}
     totals = BabStats(strategy="input-split")

@@ -56,7 +56,8 @@ class BoundMethod:
 
     def region_infeasible(self, pipeline: Any, bounder: Any, region: Region) -> list[bool]:
         """Per-clause infeasibility of one region, all rows bounded in one pass."""
-        from bab.bounding import Domains
+        from bab.bounding import Domains, check_input_set
+        from bab.bounding.balls import region_ball
 
         if any(c.n_rows == 0 for c in region.clauses):
             return [False] * len(region.clauses)  # a rowless clause always holds
@@ -65,7 +66,8 @@ class BoundMethod:
         kw = dict(dtype=net.dtype, device=pipeline.cfg.verify.device)
         dom = Domains(lower=torch.as_tensor(region.lower, **kw)[None],
                       upper=torch.as_tensor(region.upper, **kw)[None],
-                      C=torch.as_tensor(rows, **kw)[None])
+                      C=torch.as_tensor(rows, **kw)[None], **region_ball(region, **kw))
+        check_input_set(bounder, dom)  # BounderRefusal: a set the bounder cannot handle
         lb = bounder.bound(net, dom).lower[0].detach().double().cpu().numpy()
         rel = 1e-5 if net.dtype == torch.float32 else 1e-12
         return clauses_infeasible(lb, d, counts, pipeline.cfg.bounding.safety_margin, rel)

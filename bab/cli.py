@@ -14,7 +14,8 @@ import sys
 import time
 
 PROCESS_START = time.monotonic()  # the competition times the whole process
-COMMANDS = ("verify", "check", "bench", "demo", "config", "smooth", "train_smoothed", "compare", "train")
+COMMANDS = ("verify", "check", "bench", "demo", "config", "smooth", "train_smoothed", "compare", "train",
+            "radius")
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
 

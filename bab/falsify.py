@@ -2,7 +2,9 @@
 
 The margin of a clause ``C y <= d`` is ``max_i (C y - d)_i``; it is ``<= 0`` exactly on the
 clause's unsafe set. Candidates are returned ordered by margin; nothing found here is a
-``sat`` until :mod:`bab.replay` confirms it on the original ONNX file.
+``sat`` until :mod:`bab.replay` confirms it on the original ONNX file. A region with an ℓ2/ℓ1
+ball (``Region.ball``) is sampled from the ball (uniformly) and PGD projects onto the ball,
+then clips to the region's box.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from bab.bounding.balls import project, sample
 from bab.config import FalsifyConfig
 from onnx_models.network import Network
 from vnnlib.spec import Region
@@ -43,6 +46,12 @@ def clause_tensors(region: Region, dtype: torch.dtype, device: str) -> tuple[tor
             torch.as_tensor(d, dtype=dtype, device=device))
 
 
+def _ball(region: Region | None):
+    """The region's ℓ2/ℓ1 ball, or ``None`` (a box, or an ℓ∞ ball: a box too)."""
+    ball = getattr(region, "ball", None)
+    return ball if ball is not None and ball.p != "inf" else None
+
+
 def margins(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """Margins ``[B, K]`` of outputs ``y`` [B, n_out] for every clause."""
     return (torch.einsum("kmo,bo->bkm", C, y) - d).amax(dim=-1)
@@ -64,9 +73,28 @@ class Falsifier:
         kw = dict(dtype=self.net.dtype, device=self.device)
         return torch.as_tensor(region.lower, **kw), torch.as_tensor(region.upper, **kw)
 
-    def _sample(self, lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
+    def _sample(self, lo: torch.Tensor, hi: torch.Tensor, n: int, region: Region | None = None) -> torch.Tensor:
+        ball = _ball(region)
+        if ball is not None:
+            x = sample(torch.as_tensor(ball.center, dtype=lo.dtype), ball.eps, ball.p, n, self.gen).to(lo.device)
+            return torch.minimum(torch.maximum(x, lo), hi)  # still in the ball: the centre is in the box
         u = torch.rand(n, lo.numel(), generator=self.gen, dtype=lo.dtype).to(lo.device)
         return lo + u * (hi - lo)
+
+    def _project(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, region: Region) -> torch.Tensor:
+        """``x`` clipped to the box, or projected onto the ball and then clipped to the box
+        (the clip keeps it in the ball: the ball's centre lies in the box)."""
+        ball = _ball(region)
+        if ball is None:
+            return torch.minimum(torch.maximum(x, lo), hi)
+        c = torch.as_tensor(ball.center, dtype=x.dtype, device=x.device)[None]
+        return project(x, c, torch.tensor([ball.eps], dtype=x.dtype), ball.p, lo, hi)
+
+    def _centre(self, lo: torch.Tensor, hi: torch.Tensor, region: Region) -> torch.Tensor:
+        ball = _ball(region)
+        if ball is None:
+            return (lo + hi) / 2
+        return torch.as_tensor(ball.center, dtype=lo.dtype, device=lo.device)
 
     def _eval(self, x: torch.Tensor, C: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -87,7 +115,7 @@ class Falsifier:
         """Centre plus uniform samples; returns hits and the samples ordered by margin."""
         lo, hi = self._box(region)
         C, d = clause_tensors(region, self.net.dtype, self.device)
-        x = torch.cat([((lo + hi) / 2)[None], self._sample(lo, hi, self.cfg.random_samples)])
+        x = torch.cat([self._centre(lo, hi, region)[None], self._sample(lo, hi, self.cfg.random_samples, region)])
         marg = self._eval(x, C, d)
         order = torch.argsort(marg.min(dim=1).values)
         return self._found(x, marg, idx), x[order]
@@ -97,7 +125,7 @@ class Falsifier:
         lo, hi = self._box(region)
         C, d = clause_tensors(region, self.net.dtype, self.device)
         k, r = C.shape[0], self.cfg.pgd_restarts
-        starts = torch.cat([seeds[: max(1, r // 2)], self._sample(lo, hi, r)])[:r]
+        starts = torch.cat([seeds[: max(1, r // 2)], self._sample(lo, hi, r, region)])[:r]
         x = starts.repeat(k, 1)  # row j*r + i: clause j, start i
         which = torch.arange(k, device=self.device).repeat_interleave(starts.shape[0])
         width = (hi - lo).clamp(min=0)
@@ -109,7 +137,7 @@ class Falsifier:
             own = (torch.einsum("bmo,bo->bm", C[which], y) - d[which]).amax(dim=-1)
             grad, = torch.autograd.grad(own.sum(), x)
             with torch.no_grad():
-                x = torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi)
+                x = self._project(x - step * grad.sign(), lo, hi, region)
             if (it + 1) % 20 == 0:
                 step = step / 2
         x = x.detach()

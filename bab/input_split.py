@@ -4,6 +4,11 @@ Every open domain carries a mask of the region's clauses it has not yet refuted.
 sub-boxes is bounded in one CROWN pass over all clause rows; a clause is refuted on a box
 when one of its rows has a lower bound above its ``d`` (with a float slack, and a float64
 re-check of rows refuted by a hair). A box with no open clause is dropped.
+
+With an ℓ2/ℓ1 ball (``Region.ball``) the root is the ball's box hull; every sub-box is bounded
+over ``ball ∩ sub-box`` (the bounders get the ball in ``Domains``), sub-boxes that miss the
+ball are dropped as empty, attack points are projected onto the ball, and leaves go to the
+exact solver with the ball.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bab.bounding import Bounder, Domains
+from bab.bounding import Bounder, Domains, check_input_set
+from bab.bounding.balls import misses_ball, project, region_ball
 from bab.result import Counterexample
 from bab.store import TensorBatch
 from onnx_models.network import Network
@@ -47,6 +53,7 @@ class InputSplitProblem:
         owner = np.repeat(np.arange(len(region.clauses)), [c.n_rows for c in region.clauses])
         self.R = torch.as_tensor(owner[:, None] == np.arange(len(region.clauses))[None], device=self.device)
         self.root_width = torch.as_tensor(region.upper - region.lower, **kw).clamp(min=MIN_WIDTH)
+        self.ball = region_ball(region, 1, **kw)  # {} for a box (or an ℓ∞ ball: a box too)
         self.rowless = any(c.n_rows == 0 for c in region.clauses)
         self.leaf_solver: Any = None  # decides boxes too small to split (see decide_leaves)
         self.leaf_time_limit = 10.0
@@ -63,6 +70,27 @@ class InputSplitProblem:
         self.pgd_boxes = 32  # best points per batch given a short PGD attack (0: none)
         self.samples = 4  # points tried per box and batch: the centre plus random ones
         self._gen = torch.Generator().manual_seed(region_index)
+
+    def check_sets(self) -> None:
+        """:class:`BounderRefusal` when a bounder of the cascade cannot handle the region's set."""
+        for bounder in self.bounders + self.late_bounders + [self.exact]:
+            check_input_set(bounder, self.ball.get("p", "box"))
+
+    def _ball_kw(self, n: int, dtype: torch.dtype) -> dict[str, Any]:
+        """``Domains`` keyword arguments of the ball for ``n`` boxes (empty without one)."""
+        if not self.ball:
+            return {}
+        return {"center": self.ball["center"].to(dtype).expand(n, -1), "eps": self.ball["eps"].to(dtype).expand(n),
+                "p": self.ball["p"]}
+
+    def _into_ball(self, x: torch.Tensor) -> torch.Tensor:
+        """Points projected onto the ball and clipped to the region's box (so still in the
+        ball: the centre lies in the box); unchanged without a ball."""
+        if not self.ball:
+            return x
+        lo = torch.as_tensor(self.region.lower).to(x)
+        hi = torch.as_tensor(self.region.upper).to(x)
+        return project(x, self.ball["center"], self.ball["eps"], self.ball["p"], lo, hi)
 
     @property
     def n_clauses(self) -> int:
@@ -86,7 +114,8 @@ class InputSplitProblem:
             self.check_time()
             lo, hi = lower[s:s + self.chunk], upper[s:s + self.chunk]
             C = self.C.to(lower.dtype).expand(lo.shape[0], *self.C.shape)
-            parts.append(bounder.bound(net, Domains(lo, hi, C)).lower.detach())
+            dom = Domains(lo, hi, C, **self._ball_kw(lo.shape[0], lo.dtype))
+            parts.append(bounder.bound(net, dom).lower.detach())
         lb = torch.cat(parts) if parts else lower.new_zeros(0, self.C.shape[0])
         return lb - self.d.to(lb.dtype)
 
@@ -119,6 +148,12 @@ class InputSplitProblem:
             if len(batch):
                 batch["priority"] = torch.full((len(batch),), -float("inf"), device=self.device)
             return batch
+        if self.ball:  # sub-boxes that miss the ball hold no point of the input set
+            miss = misses_ball(self.ball["center"], self.ball["eps"], batch["lower"], batch["upper"], self.ball["p"])
+            self.stats["ball_dropped"] = self.stats.get("ball_dropped", 0) + int(miss.sum())
+            batch = batch.select(~miss)
+            if not len(batch):
+                return batch
         late = self.late_bounders if self.bounded >= self.late_after else []
         self.bounded += len(batch)
         for k, bounder in enumerate(self.bounders + late):
@@ -150,6 +185,7 @@ class InputSplitProblem:
             x = lo + u * (hi - lo)
         else:
             x = (lo + hi) / 2
+        x = self._into_ball(x)
         with torch.no_grad():
             best = self._clause_margin(x, open_)
         found = self._replay_best(x, best)
@@ -187,7 +223,7 @@ class InputSplitProblem:
             with torch.enable_grad():
                 grad, = torch.autograd.grad(self._clause_margin(x, open_).sum(), x)
             with torch.no_grad():
-                x = torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi)
+                x = self._into_ball(torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi))
             if it % 4 == 3:
                 step = step / 2
         return x.detach()
@@ -245,8 +281,9 @@ class InputSplitProblem:
         for k in leaves["open"][i].nonzero().flatten().tolist():
             self.check_time()
             clause = self.region.clauses[k]
+            ball = {"ball": self.region.ball} if self.ball else {}
             res = self.leaf_solver.decide(self.net, lo, hi, clause.C, clause.d, intermediate=boxes,
-                                          time_limit=max(0.05, min(limit, self.remaining())))
+                                          time_limit=max(0.05, min(limit, self.remaining())), **ball)
             key = f"{res.kind or 'solver'}_leaves"
             self.stats[key] = self.stats.get(key, 0) + 1
             if res.status == "infeasible":
@@ -263,7 +300,8 @@ class InputSplitProblem:
         """Float64 bounds of every node's output on one box, widened by a hair (for the MILP)."""
         lo, hi = lower.double()[None], upper.double()[None]
         C = self.C.double()[None]
-        out = self.exact.bound(self._net_for(torch.float64), Domains(lo, hi, C)).intermediate or {}
+        dom = Domains(lo, hi, C, **self._ball_kw(1, torch.float64))
+        out = self.exact.bound(self._net_for(torch.float64), dom).intermediate or {}
         pad = lambda t: 1e-9 * (1.0 + t.abs())
         return {j: ((a - pad(a))[0].cpu().numpy(), (b + pad(b))[0].cpu().numpy()) for j, (a, b) in out.items()}
 

@@ -113,7 +113,9 @@ def run_relu_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, 
     """ReLU-split BaB with beta-CROWN on one region (a clause without rows holds everywhere:
     its box centre is replayed, else the region is ``unknown``)."""
     if any(c.n_rows == 0 for c in region.clauses):
-        cex = pipeline.replay((np.asarray(region.lower) + np.asarray(region.upper)) / 2, index)
+        ball = getattr(region, "ball", None)  # the ball's centre lies in its input set
+        mid = ball.center if ball is not None else (np.asarray(region.lower) + np.asarray(region.upper)) / 2
+        cex = pipeline.replay(mid, index)
         if cex is not None:
             return BabOutcome("sat", cex), BabStats(strategy="relu-split")
         return BabOutcome("unknown", reason="a clause without rows holds everywhere"), BabStats(strategy="relu-split")

@@ -14,7 +14,9 @@ Bounding is beta-CROWN (:mod:`bab.bounding.polyhedra.beta`) over the whole batch
 pass; infeasible children (contradictory phases) and refuted ones are dropped. Rows refuted
 by a hair are re-checked in float64 with slightly widened boxes. The minimising input corner
 of every bound is tried as a counterexample (and a few PGD steps start from the most
-promising ones); a candidate only counts once it replays with onnxruntime.
+promising ones); a candidate only counts once it replays with onnxruntime. With an ℓ2/ℓ1
+ball (``Region.ball``) beta-CROWN concretises over ``ball ∩ box`` (the dual-norm bound), attack
+points are projected onto the ball and leaves go to the exact solver with the ball.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bab.bounding.balls import project, region_ball
 from bab.bounding.base import Domains
 from bab.bounding.polyhedra.beta import BetaCrown, BetaState
 from bab.bounding.polyhedra.crown import plan_for
@@ -80,6 +83,7 @@ class ReluSplitProblem:
         kw = dict(dtype=self.dtype, device=self.device)
         self.lower = torch.as_tensor(region.lower, **kw).reshape(1, -1)
         self.upper = torch.as_tensor(region.upper, **kw).reshape(1, -1)
+        self.ball = region_ball(region, 1, **kw)  # {} for a box (or an ℓ∞ ball: a box too)
         self._clause_tensors(kw)
         self.plan = plan_for(network)
         nodes = network.nodes
@@ -122,7 +126,7 @@ class ReluSplitProblem:
 
         K, M = self.d.shape
         C_all = self.C[self.valid][None]
-        dom = Domains(self.lower, self.upper, C_all)
+        dom = Domains(self.lower, self.upper, C_all, **self._ball_kw(1, self.dtype))
         opt_int = self.opts.root_optimize_intermediate and self._alpha_elements() <= self.opts.root_alpha_elements
         self.check_time()
         res = AlphaCrown(iterations=self.opts.root_iterations, optimize_intermediate=opt_int, upper=False,
@@ -170,7 +174,20 @@ class ReluSplitProblem:
         n, dt = len(batch), dtype or self.dtype
         root = batch["root"]
         return Domains(self.lower.expand(n, -1).to(dt), self.upper.expand(n, -1).to(dt), self.C[root].to(dt),
-                       {r: batch[f"ph{r}"] for r in self.branchable})
+                       {r: batch[f"ph{r}"] for r in self.branchable}, **self._ball_kw(n, dt))
+
+    def _ball_kw(self, n: int, dtype: torch.dtype) -> dict[str, Any]:
+        """``Domains`` keyword arguments of the ball for ``n`` domains (empty without one)."""
+        if not self.ball:
+            return {}
+        return {"center": self.ball["center"].to(dtype).expand(n, -1), "eps": self.ball["eps"].to(dtype).expand(n),
+                "p": self.ball["p"]}
+
+    def _into_ball(self, x: torch.Tensor) -> torch.Tensor:
+        """Points projected onto the ball, then clipped to the region box (still in the ball)."""
+        if not self.ball:
+            return x
+        return project(x, self.ball["center"], self.ball["eps"], self.ball["p"], self.lower, self.upper)
 
     def state_of(self, batch: TensorBatch, refine: set[int] | None = None, widen: float = 0.0) -> BetaState:
         """Warm start (slopes, multipliers) and floor boxes of a batch."""
@@ -286,7 +303,7 @@ class ReluSplitProblem:
             return
         n, M, n_in = primal.shape
         root = batch["root"].repeat_interleave(M)
-        x = primal.reshape(n * M, n_in).to(self.dtype)
+        x = self._into_ball(primal.reshape(n * M, n_in).to(self.dtype))
         with torch.no_grad():
             val = self.clause_value(x, root)
         order = torch.argsort(val)[: self.opts.attack_top]
@@ -315,6 +332,7 @@ class ReluSplitProblem:
                 val = self.clause_value(x, root)
                 g, = torch.autograd.grad(val.sum(), x)
                 x = torch.minimum(torch.maximum(x.detach() - step * (0.7 ** t) * g.sign(), lo), hi)
+                x = self._into_ball(x)
         return x.detach()
 
     def attack(self, batch: TensorBatch) -> Counterexample | None:
@@ -375,9 +393,10 @@ class ReluSplitProblem:
         rows = self.valid[k]
         phases = {r: leaf[f"ph{r}"][0].cpu().numpy() for r in self.branchable}
         boxes = {j: tuple(t[0].cpu().numpy() for t in box) for j, box in self.state_of(leaf, widen=1e-6).boxes.items()}
+        ball = {"ball": self.region.ball} if self.ball else {}
         res = self.leaf_solver.decide(self.net, self.region.lower, self.region.upper,
                                       self.C[k][rows].cpu().double().numpy(), self.d[k][rows].cpu().double().numpy(),
-                                      phases, boxes, time_limit)
+                                      phases, boxes, time_limit, **ball)
         key = f"{getattr(res, 'kind', '') or 'solver'}_leaves"
         self.stats[key] = self.stats.get(key, 0) + 1
         return res

@@ -6,7 +6,8 @@ no licence. ``gurobi`` (:mod:`encoders.gurobi_backend`) is used when gurobipy is
 licensed; a licence or size-limit error (the pip licence stops at 2000 variables/constraints)
 makes the :class:`Dispatcher` fall back to OR-Tools with one warning per process. A solver
 stopped by its time limit reports ``limit`` (or ``feasible`` with its best point), never a
-proof.
+proof. A model with an ℓ2 ball (``LinearModel.cone``) needs Gurobi's quadratic constraints;
+OR-Tools answers ``error`` with :data:`NO_CONE` as the reason.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ def _mb() -> Any:
     return mbh
 
 
+NO_CONE = ("an ℓ2 ball needs a second-order cone, which OR-Tools lacks (Gurobi has one, but it is "
+           "not available or the model exceeds its licence)")
+
+
+def _no_cone(name: str) -> SolveResult:
+    return SolveResult("error", backend=name, message=NO_CONE)
+
+
 class OrToolsBackend:
     """OR-Tools: SCIP/CBC for MILPs, GLOP/PDLP for LPs (model built from sparse arrays)."""
 
@@ -85,6 +94,8 @@ class OrToolsBackend:
 
     def solve(self, model: LinearModel, time_limit: float, tol: float) -> SolveResult:
         """Solve once; CBC goes through pywraplp, everything else through the model builder."""
+        if model.cone is not None:
+            return _no_cone(self.name)
         h = self.build(model)
         if model.is_mip and self.mip_solver == "CBC":
             return self._solve_cbc(h, model, time_limit)
@@ -93,6 +104,8 @@ class OrToolsBackend:
     def solve_many(self, model: LinearModel, objs: Any, consts: np.ndarray, time_limit: float,
                    tol: float) -> list[SolveResult]:
         """Minimise each row of ``objs`` (CSR ``[K, n]``) plus ``consts`` over the same LP."""
+        if model.cone is not None:
+            return [_no_cone(self.name) for _ in range(objs.shape[0])]
         h = self.build(model)
 
         def solve_one(row: Any, const: float, left: float) -> SolveResult:

@@ -115,8 +115,8 @@ def _lp_clause(enc: Encoding, C: np.ndarray, d: np.ndarray, cfg: Any, time_limit
 def z3_recheck(enc: Encoding, C: np.ndarray, d: np.ndarray, cfg: Any, time_limit: float,
                strict: float = 0.0) -> ClauseResult | None:
     """Z3's exact answer when re-checks are on and the model is small, else ``None``."""
-    if not cfg.recheck or enc.n_unstable > int(cfg.z3_max_neurons) or time_limit <= 0:
-        return None
+    if not cfg.recheck or enc.n_unstable > int(cfg.z3_max_neurons) or time_limit <= 0 or enc.cone is not None:
+        return None  # (z3's linear arithmetic has no ℓ2 ball)
     from encoders import smt
 
     res = smt.solve(enc, C, d, time_limit, strict)
@@ -151,12 +151,12 @@ class LeafSolver:
 
     def decide(self, network: Network, region_lower: Any, region_upper: Any, C: Any, d: Any,
                phases: dict[int, Any] | None = None, intermediate: dict[int, Any] | None = None,
-               time_limit: float = 10.0) -> LeafResult:
-        """See :func:`decide_leaf`."""
+               time_limit: float = 10.0, ball: Any = None) -> LeafResult:
+        """See :func:`decide_leaf` (``ball``: an optional l_p ball intersecting the box)."""
         end = time.monotonic() + time_limit
         C, d = _np(C).reshape(-1, network.n_outputs), _np(d).reshape(-1)
         try:
-            enc = encode(network, _np(region_lower), _np(region_upper), phases, intermediate)
+            enc = encode(network, _np(region_lower), _np(region_upper), phases, intermediate, ball=ball)
         except UnsupportedNetwork as exc:
             return LeafResult("unknown", reason=str(exc))
         kind = "lp" if enc.n_unstable == 0 else "milp"

@@ -9,6 +9,13 @@ its intermediate bounds, tied to its expression by an equality row) and an outpu
 Max-pool outputs with several candidates get a :class:`MaxBlock`. The LP/MILP lowering
 (:mod:`encoders.model`) and Z3 (:mod:`encoders.smt`) turn the blocks into triangles, big-M
 rows or ``If`` terms. Sigmoid and Tanh raise :class:`UnsupportedNetwork`.
+
+An l_p input ball (``ball``: anything with ``center``, ``eps``, ``p``, e.g. a
+:class:`vnnlib.spec.Ball`) intersects the box: ℓ∞ needs nothing (the box is exact), ℓ1 adds
+variables ``t_i >= |x_i - x0_i|`` (two rows each) and the row ``Σ t_i <= eps``, ℓ2 is kept as a
+second-order cone ``||x - x0||_2 <= eps`` (:attr:`Encoding.cone`) that only back ends with
+quadratic constraints (Gurobi) accept. Radii are widened by :data:`BALL_SLACK` (relative) so
+that a solver's "infeasible" stays a proof under its tolerances.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from onnx_models import layers as L
 from onnx_models.network import Network
 
 BOUND_SLACK = 1e-9  # relative widening of intermediate bounds (float rounding of the bounders)
+BALL_SLACK = 1e-9  # relative widening of ball radii
 Bounds = dict[int, tuple[Any, Any]]
 
 
@@ -93,6 +101,7 @@ class Encoding:
     nodes: dict[int, Expr] = field(default_factory=dict)
     pre_bounds: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     empty: bool = False
+    cone: tuple[np.ndarray, np.ndarray, float] | None = None  # ℓ2 ball: (input vars, centre, radius)
 
     @property
     def n_vars(self) -> int:
@@ -225,18 +234,20 @@ class _Ctx:
 
 def encode(network: Network, lower: Any, upper: Any, phases: dict[int, Any] | None = None,
            intermediate: Bounds | None = None, *, upto: int | None = None,
-           keep_nodes: bool = False, check: Callable[[], None] | None = None) -> Encoding:
-    """Encode ``network`` (or its prefix up to node ``upto``) on the box ``[lower, upper]``.
+           keep_nodes: bool = False, check: Callable[[], None] | None = None, ball: Any = None) -> Encoding:
+    """Encode ``network`` (or its prefix up to node ``upto``) on the box ``[lower, upper]``
+    (intersected with ``ball``, see the module docstring).
 
     ``phases``: ``{relu node: -1/0/+1 per neuron}``; ``intermediate``: ``{node: (lo, hi)}``
-    bounds of node outputs (IBP in float64 is computed for missing nodes). ``check`` is
-    called between nodes (a deadline check that raises).
+    bounds of node outputs (IBP in float64 is computed for missing nodes; they must be sound
+    over the set encoded). ``check`` is called between nodes (a deadline check that raises).
     """
     lower = np.asarray(lower, np.float64).reshape(-1)
     upper = np.asarray(upper, np.float64).reshape(-1)
     b = _Builder()
     ctx = _Ctx(network, b, lower, upper, dict(phases or {}), intermediate)
     inp = b.unit(b.new_vars(lower, upper))
+    cone = _ball_rows(b, inp, lower.size, ball)
     last = len(network.nodes) - 1 if upto is None else upto
     last_use = {j: i for i, n in enumerate(network.nodes[:last + 1]) for j in n.inputs}
     exprs: dict[int, Expr] = {}
@@ -252,7 +263,26 @@ def encode(network: Network, lower: Any, upper: Any, phases: dict[int, Any] | No
     out = exprs[last]
     return Encoding(np.concatenate(b.lb), np.concatenate(b.ub), b.rows, ctx.relus, ctx.maxes,
                     np.arange(lower.size), Expr(resize(out.A, b.n), out.c),
-                    exprs if keep_nodes else {}, ctx.pre_bounds, ctx.empty)
+                    exprs if keep_nodes else {}, ctx.pre_bounds, ctx.empty, cone)
+
+
+def _ball_rows(b: _Builder, inp: Expr, n: int, ball: Any) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """ℓ1: ``t >= ±(x - x0)`` and ``Σ t <= eps`` rows; ℓ2: the cone to hand to the back end."""
+    if ball is None or str(ball.p) == "inf":
+        return None
+    x0 = np.asarray(ball.center, np.float64).reshape(-1)
+    if x0.size != n:
+        raise ValueError(f"ball centre has {x0.size} values, the network {n} inputs")
+    eps = float(ball.eps) * (1 + BALL_SLACK) + BALL_SLACK
+    if str(ball.p) == "2":
+        return np.arange(n), x0, eps
+    t = b.new_vars(np.zeros(n), np.full(n, eps))
+    T = b.unit(t)
+    b.add_rows(Expr((resize(inp.A, b.n) - resize(T.A, b.n)).tocsr(), np.zeros(n)), np.full(n, -np.inf), x0, "def")
+    b.add_rows(Expr((resize(inp.A, b.n) + resize(T.A, b.n)).tocsr(), np.zeros(n)), x0, np.full(n, np.inf), "def")
+    total = sp.csr_matrix((np.ones(n), (np.zeros(n, np.int64), t)), shape=(1, b.n))
+    b.add_rows(Expr(total, np.zeros(1)), np.array([-np.inf]), np.array([eps]), "def")
+    return None
 
 
 def _encode_node(ctx: _Ctx, idx: int, args: list[Expr]) -> Expr:

@@ -54,6 +54,10 @@ class GurobiBackend:
         _add(m, x, model.A, eq, "=", model.row_hi)
         _add(m, x, model.A, ~eq & np.isfinite(model.row_hi), "<", model.row_hi)
         _add(m, x, model.A, ~eq & np.isfinite(model.row_lo), ">", model.row_lo)
+        if model.cone is not None:  # the ℓ2 ball: a convex quadratic constraint
+            idx, centre, radius = model.cone
+            diff = x[np.asarray(idx)] - np.asarray(centre, np.float64)
+            m.addConstr(diff @ diff <= float(radius) ** 2)
         m.setObjective(model.obj @ x + float(model.obj_const), gp.GRB.MINIMIZE)
         p = m.Params
         p.TimeLimit = max(0.01, float(time_limit))
@@ -62,6 +66,8 @@ class GurobiBackend:
         p.IntFeasTol = min(1e-1, max(1e-9, tol))
         p.OptimalityTol = min(1e-2, max(1e-9, tol))
         p.DualReductions = 0  # INFEASIBLE rather than INF_OR_UNBD
+        if model.cone is not None:
+            p.BarQCPConvTol = min(1e-6, max(1e-10, tol))  # QCP optima as tight as the LP ones
         if model.obj_stop is not None:
             p.BestObjStop = float(model.obj_stop)
         return m, x

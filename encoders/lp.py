@@ -28,12 +28,12 @@ from onnx_models.network import Network
 
 def row_bounds(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, C: np.ndarray,
                cfg: Any, disp: Dispatcher, time_limit: float, phases: dict | None = None,
-               intermediate: Bounds | None = None) -> np.ndarray:
+               intermediate: Bounds | None = None, ball: Any = None) -> np.ndarray:
     """LP lower bounds of each row of ``C f(x)`` (``-inf`` where the LP did not finish).
 
     An infeasible relaxation gives ``+inf`` for every row (the domain is empty).
     """
-    enc = encode(network, lower_box, upper_box, phases, intermediate)
+    enc = encode(network, lower_box, upper_box, phases, intermediate, ball=ball)
     C = np.atleast_2d(np.asarray(C, np.float64))
     if enc.empty:
         return np.full(C.shape[0], np.inf)
@@ -53,7 +53,7 @@ def _value(res: Any) -> float:
 
 def tighten(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, intermediate: Bounds,
             cfg: Any, disp: Dispatcher, time_limit: float, phases: dict | None = None,
-            check: Callable[[], None] | None = None) -> Bounds:
+            check: Callable[[], None] | None = None, ball: Any = None) -> Bounds:
     """``intermediate`` with the inputs of every ReLU/max-pool node tightened by LP."""
     end = time.monotonic() + time_limit
     bounds = {k: (flat(lo, _numel(network, k)).copy(), flat(hi, _numel(network, k)).copy())
@@ -69,7 +69,7 @@ def tighten(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, inte
         sel = _selection(node.layer, lo, hi, phases.get(idx) if phases else None)
         if sel.size == 0 or time.monotonic() >= end:
             continue
-        enc = encode(network, lower_box, upper_box, phases, bounds, upto=j)
+        enc = encode(network, lower_box, upper_box, phases, bounds, upto=j, ball=ball)
         if enc.empty:
             break
         model = lower(enc, "lp")

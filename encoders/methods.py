@@ -34,10 +34,12 @@ def region_bounds(pipeline: Any, net: Any, region: Region, kind: str) -> tuple[d
     from bab.bound_method import clause_rows, clauses_infeasible
     from bab.bounding import Domains, get_bounder
 
+    from bab.bounding.balls import region_ball
+
     rows, d, counts = clause_rows(region)
     C = rows if rows.shape[0] else np.zeros((1, net.n_outputs))
     dom = Domains(torch.as_tensor(region.lower)[None], torch.as_tensor(region.upper)[None],
-                  torch.as_tensor(C, dtype=torch.float64)[None])
+                  torch.as_tensor(C, dtype=torch.float64)[None], **region_ball(region, dtype=torch.float64))
     kinds = ["crown", "ibp"] if kind == "auto" else [kind]
     for i, name in enumerate(kinds):
         try:
@@ -71,6 +73,9 @@ class SolverMethod:
         bad = sorted({n.layer.kind for n in net.nodes if isinstance(n.layer, UNSUPPORTED)})
         if bad:
             return Outcome(Status.UNKNOWN, reason=f"{self.name}: {', '.join(bad)} not supported by exact solvers")
+        if self.mode == "smt" and any(r.ball is not None and r.ball.p == "2" for r in pipeline.spec.regions):
+            return Outcome(Status.UNKNOWN,
+                           reason=f"{self.name}: z3 (linear real arithmetic) cannot handle an ℓ2 ball")
         self.disp = dispatcher_for(cfg)
         open_reasons: list[str] = []
         for r, region in enumerate(pipeline.spec.regions):
@@ -80,7 +85,8 @@ class SolverMethod:
                 continue
             inter = self.prepare(pipeline, net, region, inter)
             try:
-                enc = encode(net, region.lower, region.upper, None, inter, check=pipeline.deadline.check)
+                enc = encode(net, region.lower, region.upper, None, inter, check=pipeline.deadline.check,
+                             ball=region.ball)
             except UnsupportedNetwork as exc:
                 return Outcome(Status.UNKNOWN, reason=str(exc))
             self._note(pipeline, enc, bounder)
@@ -110,7 +116,7 @@ class SolverMethod:
 
         budget = self.time_left(pipeline) * (1.0 if self.name == "lp-full" else TIGHTEN_SHARE)
         return tighten(net, region.lower, region.upper, inter, pipeline.cfg.solver, self.disp,
-                       budget, check=pipeline.deadline.check)
+                       budget, check=pipeline.deadline.check, ball=region.ball)
 
     def time_left(self, pipeline: Any) -> float:
         """Seconds a solver may use now (the deadline minus a small reserve)."""

@@ -4,7 +4,8 @@
 ``out >= in_i`` plus ``out <= max_i l_i + sum_i (in_i - l_i)``. ``milp`` mode: big-M rows with
 one binary per unstable ReLU (``y >= p``, ``y <= p - l (1 - z)``, ``y <= u z``; ``M`` from the
 intermediate bounds) and one binary per max-pool candidate (``sum z = 1``,
-``out <= in_i + (U - l_i)(1 - z_i)``). A clause ``C y <= d`` adds the variable ``t`` with
+``out <= in_i + (U - l_i)(1 - z_i)``). An ℓ2 input ball is carried as ``cone`` (a quadratic
+constraint for back ends that have one). A clause ``C y <= d`` adds the variable ``t`` with
 rows ``(C y)_i - d_i <= t``; the objective is ``min t``. Rows of kind ``"phase"`` (branching
 decisions) are relaxed by ``phase_slack`` so that a solver's "infeasible" is robust.
 """
@@ -34,6 +35,7 @@ class LinearModel:
     inputs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     t: int | None = None
     obj_stop: float | None = None  # stop as soon as a point this good is found
+    cone: tuple[np.ndarray, np.ndarray, float] | None = None  # ||v[idx] - c||_2 <= r (ℓ2 ball)
 
     @property
     def n_vars(self) -> int:
@@ -128,7 +130,7 @@ def lower(enc: Encoding, mode: str, C: np.ndarray | None = None, d: np.ndarray |
     if t is not None:
         obj[t] = 1.0
     return LinearModel(lbs, ubs, integer, sp.vstack(blocks).tocsr(), np.concatenate(los),
-                       np.concatenate(his), obj, 0.0, enc.inputs.copy(), t)
+                       np.concatenate(his), obj, 0.0, enc.inputs.copy(), t, cone=enc.cone)
 
 
 def clause_rows(out: Expr, C: np.ndarray, d: np.ndarray, n: int) -> tuple[sp.csr_matrix, np.ndarray]:

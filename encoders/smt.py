@@ -84,6 +84,8 @@ def solve(enc: Encoding, C: np.ndarray, d: np.ndarray, time_limit: float,
 
     if enc.empty:
         return SolveResult("infeasible", backend="z3")
+    if enc.cone is not None:
+        return SolveResult("error", backend="z3", message="z3 (linear real arithmetic) cannot handle an ℓ2 ball")
     t0 = time.monotonic()
     solver, X = build(enc, C, d, strict_margin, check)
     left = time_limit - (time.monotonic() - t0)

@@ -240,8 +240,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ("method", ["--data", "{dir}/ok.npz", "--eps", "0.1", "--methods", "ibp,nope"], "unknown method nope"),
     ("eps", ["--data", "{dir}/ok.npz", "--eps", "-0.1"], "eps must be"),
     ("data", ["--data", "{dir}/missing.npz", "--eps", "0.1"], "not found"),
-    ("norm2", ["--data", "{dir}/ok.npz", "--eps", "0.1", "--norm", "2"], "l2 balls are not available"),
-    ("norm1", ["--data", "{dir}/ok.npz", "--eps", "0.1", "--norm", "1"], "l1 balls are not available"),
 ])
 def test_bad_input_exits_2_with_one_line(small: dict, capsys: pytest.CaptureFixture, case: str,
                                          args: list[str], needle: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 from bab.bounding.base import (Bounder, BounderRefusal, Bounds, Domains, Registry,
-                               UnsupportedLayerError)
+                               UnsupportedLayerError, check_input_set)
 from bab.taxonomy import METHODS as _TABLE
 
 BOUNDERS: tuple[str, ...] = tuple(m.name for m in _TABLE if m.bounder is not None)
@@ -26,4 +26,5 @@ def get_bounder(name: str) -> Bounder:
     return getattr(importlib.import_module(module), cls)(**dict(row.bounder.kwargs))
 
 
-__all__ = ["Bounder", "BounderRefusal", "Bounds", "Domains", "Registry", "UnsupportedLayerError", "get_bounder", "BOUNDERS"]
+__all__ = ["Bounder", "BounderRefusal", "Bounds", "Domains", "Registry", "UnsupportedLayerError", "get_bounder",
+           "BOUNDERS", "check_input_set"]

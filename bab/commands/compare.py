@@ -20,12 +20,13 @@ def register(sub: Any) -> None:
     """Add the ``compare`` sub-command."""
     p = sub.add_parser(
         "compare", help="certified accuracy of every method on every model (SoK Table III)",
-        description="Certify the first --limit points of --data in an l-inf ball of radius --eps "
+        description="Certify the first --limit points of --data in an l_p ball (--norm) of radius --eps "
                     "with each method (falsification off), on each model; also PGD and clean "
                     "accuracy. Writes points.csv, summary.csv, table.md and heatmap.png.")
     p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="models (named by file stem)")
     p.add_argument("--data", required=True, help=".npz with x, y (or x_test, y_test)")
-    p.add_argument("--norm", default="inf", choices=("inf", "2", "1"), help="ball norm (only inf for now)")
+    p.add_argument("--norm", default="inf", choices=("inf", "2", "1"), help="ball norm: inf, 2 or 1 (a method that cannot handle an l2/l1 ball "
+                        "answers n/a or unknown with the reason)")
     p.add_argument("--eps", type=float, default=None, help="ball radius")
     p.add_argument("--methods", default="all", help="all, or comma-separated method names")
     p.add_argument("--limit", type=int, default=100, help="first N points of the data (default 100)")

@@ -38,7 +38,7 @@ def certify(model: Any, x: Any, label: int, *, eps: float, norm: str = "inf",
             method: str = "default", timeout: float = 60.0, input_shape: Any = None,
             clip: tuple[float, float] | None = None, falsify: bool = True,
             config: Any = None) -> Certificate:
-    """Is every point of the l-inf ball of radius ``eps`` around ``x`` (intersected with
+    """Is every point of the l_p ball (``norm``: inf, 2 or 1) of radius ``eps`` around ``x`` (intersected with
     ``clip``) classified as ``label``? ``model``: an ONNX path, a Network, or a
     ``torch.nn.Module`` with ``input_shape``; a counterexample is replayed on the model itself."""
     from bab.api import verify
@@ -46,7 +46,7 @@ def certify(model: Any, x: Any, label: int, *, eps: float, norm: str = "inf",
     from bab.config import Config
     from bab.taxonomy import info
 
-    D.check_norm(norm)
+    norm = D.check_norm(norm)
     eps = D.check_eps(eps)
     info(method)
     m = D.resolve(model, input_shape)
@@ -56,7 +56,7 @@ def certify(model: Any, x: Any, label: int, *, eps: float, norm: str = "inf",
     if not 0 <= int(label) < m.network.n_outputs:
         raise D.CompareInputError(f"label {label} is not one of the model's {m.network.n_outputs} classes")
     lo, hi = D.ball(x, eps, clip)
-    spec = robustness_spec(lo, hi, int(label), m.network.n_outputs)
+    spec = robustness_spec(lo, hi, int(label), m.network.n_outputs, D.lp_ball(x, eps, norm))
     cfg = method_config(config or Config(), method, timeout, falsify)
     res = verify(m.network, spec, cfg, timeout, reference=D.reference_of(m))
     return Certificate(res.status.value == "unsat", res.status, method, res.time_s, res.reason,
@@ -169,7 +169,7 @@ def compare(models: Any, data: Any, *, eps: float, norm: str = "inf", methods: A
     """
     from bab.config import Config
 
-    D.check_norm(norm)
+    norm = D.check_norm(norm)
     eps = D.check_eps(eps)
     names = method_list(methods)
     if int(limit) < 1 or not float(timeout) > 0 or int(jobs) < 1:
@@ -180,13 +180,14 @@ def compare(models: Any, data: Any, *, eps: float, norm: str = "inf", methods: A
     loaded = _models(models, input_shape)
     for m in loaded:
         D.check_model_fits(m, x.shape[1], y)
-    settings = {"eps": eps, "norm": "inf", "clip": list(clip), "timeout": float(timeout),
+    settings = {"eps": eps, "norm": norm, "clip": list(clip), "timeout": float(timeout),
                 "points": len(y), "data": data_name, "seed": seed}
     out = Path(output) if output is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _check_resume(out, settings)
     run = _Run(loaded, x, y, eps, clip, float(timeout), seed, out, on_row)
+    run.norm = norm
     run.execute(names, config or Config(), int(jobs), int(jobs) > 1 if processes is None else processes)
     return run.result(names, settings)
 
@@ -198,6 +199,7 @@ class _Run:
                  clip: tuple[float, float], timeout: float, seed: int, out: Path | None,
                  on_row: Callable[[PointRow], None] | None) -> None:
         self.models, self.x, self.y, self.eps, self.clip = models, x, y, eps, clip
+        self.norm = "inf"
         self.timeout, self.seed, self.out, self.on_row = timeout, seed, out, on_row
         self.rows = read_points(out / "points.csv") if out is not None else {}
         self.file = PointsFile(out / "points.csv" if out is not None else None)
@@ -225,7 +227,7 @@ class _Run:
                     self.add(row)
                 correct = {i: self.rows[(m.name, "clean", i)].certified for i in range(len(self.y))}
                 for row in pgd_rows(m.name, m.network, ref, self.x, self.y, self.missing(m.name, "pgd"),
-                                    correct, self.eps, self.clip, self.seed):
+                                    correct, self.eps, self.clip, self.seed, self.norm):
                     self.add(row)
                 for method in methods:
                     tasks += self._tasks(m, method, correct)
@@ -249,7 +251,8 @@ class _Run:
         tasks = []
         for i in todo:
             lo, hi = D.ball(self.x[i], self.eps, self.clip)
-            tasks.append(PointTask(m.name, method, i, int(self.y[i]), lo, hi, self.timeout))
+            tasks.append(PointTask(m.name, method, i, int(self.y[i]), lo, hi, self.timeout,
+                                   D.lp_ball(self.x[i], self.eps, self.norm)))
         return tasks
 
     def result(self, methods: list[str], settings: dict) -> CompareResult:

@@ -80,13 +80,20 @@ def ball(x: np.ndarray, eps: float, clip: tuple[float, float] | None) -> tuple[n
 
 
 def check_norm(norm: str | float) -> str:
-    """``'inf'`` passes; ``'2'``/``'1'`` raise :class:`NormNotAvailable`; anything else is bad input."""
+    """``'inf'``, ``'2'`` or ``'1'`` (l_p balls: ``vnnlib.spec.Ball``); anything else is bad input."""
     text = str(norm).strip().lower().lstrip("l")
     if text in ("inf", "infinity", "oo"):
         return "inf"
     if text in ("2", "2.0", "1", "1.0"):
-        raise NormNotAvailable(f"l{text[0]} balls are not available yet (only --norm inf)")
+        return text[0]
     raise CompareInputError(f"unknown norm {norm!r} (inf, 2 or 1)")
+
+
+def lp_ball(x: np.ndarray, eps: float, norm: str) -> Any:
+    """The ``vnnlib.spec.Ball`` of an l2/l1 comparison (``None`` for l-inf: the box is exact)."""
+    from vnnlib.spec import Ball
+
+    return None if norm == "inf" else Ball(np.asarray(x, np.float64).reshape(-1), float(eps), norm)
 
 
 def check_eps(eps: float) -> float:

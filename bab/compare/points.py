@@ -53,10 +53,13 @@ class PointTask:
     lower: np.ndarray
     upper: np.ndarray
     timeout: float
+    ball: Any = None  # vnnlib.spec.Ball for l2/l1 (then lower/upper are its hull in the clip box)
 
 
-def robustness_spec(lower: np.ndarray, upper: np.ndarray, label: int, n_outputs: int) -> Spec:
-    """The unsafe set of an l-inf ball: some other class scores at least as high as ``label``."""
+def robustness_spec(lower: np.ndarray, upper: np.ndarray, label: int, n_outputs: int,
+                    ball: Any = None) -> Spec:
+    """The unsafe set of a ball: some other class scores at least as high as ``label``
+    (l-inf: the box; l2/l1: ``ball`` intersected with the box, its hull)."""
     clauses = []
     for j in range(n_outputs):
         if j == label:
@@ -64,7 +67,7 @@ def robustness_spec(lower: np.ndarray, upper: np.ndarray, label: int, n_outputs:
         row = np.zeros((1, n_outputs))
         row[0, label], row[0, j] = 1.0, -1.0
         clauses.append(Clause(row, np.zeros(1)))
-    region = Region(np.asarray(lower, np.float64), np.asarray(upper, np.float64), tuple(clauses))
+    region = Region(np.asarray(lower, np.float64), np.asarray(upper, np.float64), tuple(clauses), ball)
     return Spec((region,), len(region.lower), n_outputs)
 
 
@@ -86,7 +89,7 @@ def certify_point(network: Any, reference: Any, task: PointTask, cfg: Any) -> Po
     """Run ``verify`` on one point; bounder refusals and unsupported layers give ``n/a``."""
     from bab.bounding import BounderRefusal, UnsupportedLayerError
 
-    spec = robustness_spec(task.lower, task.upper, task.label, network.n_outputs)
+    spec = robustness_spec(task.lower, task.upper, task.label, network.n_outputs, task.ball)
     start = time.perf_counter()
     try:
         res = verify(network, spec, cfg, task.timeout, reference=reference)
@@ -169,10 +172,11 @@ def clean_rows(model: str, reference: Any, x: np.ndarray, y: np.ndarray,
 
 def pgd_rows(model: str, network: Any, reference: Any, x: np.ndarray, y: np.ndarray,
              indices: list[int], correct: dict[int, bool], eps: float,
-             clip: tuple[float, float] | None, seed: int = 0) -> list[PointRow]:
+             clip: tuple[float, float] | None, seed: int = 0, norm: str = "inf") -> list[PointRow]:
     """``pgd`` rows: robust unless a PGD point in the ball, replayed on the reference, is
-    classified otherwise (an upper bound on certified accuracy)."""
-    from bab.compare.data import ball
+    classified otherwise (an upper bound on certified accuracy). For l2/l1 the attack runs in
+    the box hull and the replay projects each point onto the ball first."""
+    from bab.compare.data import ball, lp_ball
     from bab.replay import Replayer
 
     run = [i for i in indices if correct[i]]
@@ -186,7 +190,7 @@ def pgd_rows(model: str, network: Any, reference: Any, x: np.ndarray, y: np.ndar
         each = (time.perf_counter() - start) / len(run)
         dtype = getattr(network.io, "input_dtype", "float32")
         for k, i in enumerate(run):
-            spec = robustness_spec(lo[k], hi[k], int(y[i]), network.n_outputs)
+            spec = robustness_spec(lo[k], hi[k], int(y[i]), network.n_outputs, lp_ball(x[i], eps, norm))
             cex = Replayer(reference, spec.regions, dtype).check(adv[k], 0)
             status = "robust" if cex is None else "attacked"
             why = "" if cex is None else f"classified {int(np.argmax(cex.y))}"

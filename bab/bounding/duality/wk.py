@@ -50,6 +50,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from bab.bounding.balls import ball_lower, uses_ball
 from bab.bounding.base import Bounds, Domains, Registry
 from bab.bounding.interval.ibp import RULES as IBP_RULES, apply_phase
 from bab.bounding.polyhedra.crown import exact_matmul, prepare
@@ -194,9 +195,12 @@ def _relu(net: DualNet, idx: int, layer: L.ReLU, nu_hat: torch.Tensor) -> DualSt
 
 
 def dual_objective(net: DualNet, start: int, nu0: torch.Tensor, lower: torch.Tensor,
-                   upper: torch.Tensor) -> torch.Tensor:
+                   upper: torch.Tensor, domains: Domains | None = None) -> torch.Tensor:
     """``J`` ``[N, R]`` of the dual network started with ``ν = nu0`` ``[N, R, *shape]`` on node
-    ``start``: a lower bound of ``-nu0 · node_start(x)`` over the box ``[lower, upper]``."""
+    ``start``: a lower bound of ``-nu0 · node_start(x)`` over the box ``[lower, upper]`` (and
+    over ``ball ∩ box`` when ``domains`` carries an ℓ2/ℓ1 ball: the paper's ``-ν̂_1·x̂ -
+    ε‖ν̂_1‖_1`` with the dual norm ``‖ν̂_1‖_q`` in place of ``‖·‖_1``, the larger of it and the box
+    term)."""
     N, R = nu0.shape[:2]
     pending: dict[int, torch.Tensor] = {start: nu0}
     J = nu0.new_zeros(N, R)
@@ -218,7 +222,10 @@ def dual_objective(net: DualNet, start: int, nu0: torch.Tensor, lower: torch.Ten
         return J
     nu_x = nu_x.reshape(N, R, -1)
     centre, radius = ((lower + upper) / 2).unsqueeze(-1), ((upper - lower) / 2).unsqueeze(-1)
-    return J - (torch.bmm(nu_x, centre) + torch.bmm(nu_x.abs(), radius)).squeeze(-1)
+    box = J - (torch.bmm(nu_x, centre) + torch.bmm(nu_x.abs(), radius)).squeeze(-1)
+    if domains is None or not uses_ball(domains):
+        return box
+    return torch.maximum(box, ball_lower(-nu_x, J, domains.center, domains.eps, domains.p))
 
 
 def dual_nodes(network: Network) -> set[int]:
@@ -248,6 +255,8 @@ class DualSweep:
     def __post_init__(self) -> None:
         self.dual = DualNet(self.network)
         self.needs = dual_nodes(self.network)
+        if uses_ball(self.domains):  # first-layer intervals of the box hull are not exact then
+            self.needs = {j for n in self.network.nodes if isinstance(n.layer, L.ReLU) for j in n.inputs if j >= 0}
         self.widest = [math.prod(self.network.input_shape)]
         for node in self.network.nodes:
             self.widest.append(max(self.widest[-1], math.prod(node.out_shape)))
@@ -284,7 +293,7 @@ class DualSweep:
 
     def objective(self, start: int, nu0: torch.Tensor) -> torch.Tensor:
         """:func:`dual_objective` over the domains' input boxes."""
-        return dual_objective(self.dual, start, nu0, self.domains.lower, self.domains.upper)
+        return dual_objective(self.dual, start, nu0, self.domains.lower, self.domains.upper, self.domains)
 
     def node_bounds(self, idx: int) -> Interval:
         """``l = J(ν = -e_j)``, ``u = -J(ν = e_j)`` for every neuron ``j`` of node ``idx``."""
@@ -323,6 +332,7 @@ class WongKolter:
     """
 
     name = "wk"
+    input_sets = {"inf": "exact", "2": "exact", "1": "exact"}
 
     def __init__(self, upper: bool = True, dtype: Any = None, device: Any = None,
                  memory_elements: int = 1 << 24) -> None:

@@ -87,9 +87,14 @@ def propagate(network: Network, domains: Domains) -> list[Interval]:
 
 
 class IBP:
-    """Interval bound propagation as a :class:`~bab.bounding.base.Bounder`."""
+    """Interval bound propagation as a :class:`~bab.bounding.base.Bounder`.
+
+    An ℓ2/ℓ1 input ball is bounded through its box hull (``Domains.lower/upper``): sound,
+    looser than the ball.
+    """
 
     name = "ibp"
+    input_sets = {"inf": "exact", "2": "hull", "1": "hull"}
 
     def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
         """Lower and upper bounds of ``C f(x)`` plus every node's interval."""

@@ -87,6 +87,8 @@ class KRelu:
     """
 
     name = "krelu"
+    # an ℓ1 ball is exact LP rows (encoders.encoding); an ℓ2 ball would need a cone: refused
+    input_sets = {"inf": "exact", "1": "exact"}
 
     def __init__(self, k: int | None = None, groups_per_layer: int | None = None,
                  time_limit: float | None = None, rows_per_group: int = 40,
@@ -140,7 +142,12 @@ class KRelu:
         """Encode domain ``i`` on the CROWN boxes and choose its groups."""
         inter = {k: (lo[i], hi[i]) for k, (lo, hi) in enumerate(sweep.boxes)}
         phases = {k: v[i] for k, v in dom.phases.items()}
-        enc = encode(net, dom.lower[i].numpy(), dom.upper[i].numpy(), phases, inter)
+        ball = None
+        if dom.has_ball and dom.p != "inf":
+            from vnnlib.spec import Ball
+
+            ball = Ball(dom.center[i].numpy(), float(dom.eps[i]), dom.p)
+        enc = encode(net, dom.lower[i].numpy(), dom.upper[i].numpy(), phases, inter, ball=ball)
         if enc.empty:
             return Plan(enc, None, [])
         model = lower(enc, "lp")

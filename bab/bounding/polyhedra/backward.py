@@ -11,11 +11,12 @@ reaching a node from several consumers are summed. Upper bounds are lower bounds
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from bab.bounding.balls import ball_lower, uses_ball
 from bab.bounding.base import Registry
 from bab.bounding.polyhedra.relax import MaxPoolRelax, Relax
 from onnx_models import layers as L
@@ -213,8 +214,15 @@ def backward(network: Network, rules: Registry, ctx: Context, start: int, A0: to
 
 
 def concretize(a_in: torch.Tensor, bias: torch.Tensor, lower: torch.Tensor,
-               upper: torch.Tensor) -> torch.Tensor:
-    """Minimum of ``a_in · x + bias`` over the box ``[lower, upper]`` (``[N, n_in]``)."""
+               upper: torch.Tensor, domains: Any = None) -> torch.Tensor:
+    """Minimum of ``a_in · x + bias`` over the box ``[lower, upper]`` (``[N, n_in]``).
+
+    With ``domains`` carrying an ℓ2/ℓ1 ball the result is a lower bound over ``ball ∩ box``:
+    the larger of the box minimum and the dual-norm bound (:mod:`bab.bounding.balls`).
+    """
     mid = ((lower + upper) / 2).unsqueeze(-1)
     rad = ((upper - lower) / 2).unsqueeze(-1)
-    return (torch.bmm(a_in, mid) - torch.bmm(a_in.abs(), rad)).squeeze(-1) + bias
+    box = (torch.bmm(a_in, mid) - torch.bmm(a_in.abs(), rad)).squeeze(-1) + bias
+    if domains is None or not uses_ball(domains):
+        return box
+    return torch.maximum(box, ball_lower(a_in, bias, domains.center, domains.eps, domains.p))

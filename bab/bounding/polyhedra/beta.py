@@ -110,7 +110,7 @@ class BetaSweep(Sweep):
             box = IBP_RULES.rule(node.layer)(node.layer, *args)
             if fl is not None:
                 box = (torch.maximum(box[0], fl[0]), torch.minimum(box[1], fl[1]))
-            if (idx in self.plan.crown_nodes and self.opts.intermediate == "crown"
+            if (self.tightens(idx) and self.opts.intermediate == "crown"
                     and (self.refine is None or idx in self.refine)):
                 box = self._tighten(idx, box)
             self.boxes.append(box)
@@ -123,7 +123,7 @@ class BetaSweep(Sweep):
         if self.capture and key == "final":
             lo, hi = self.domains.lower.unsqueeze(1), self.domains.upper.unsqueeze(1)
             self.primal.append(torch.where(a_in >= 0, lo, hi).detach())
-        return concretize(a_in, bias, self.domains.lower, self.domains.upper)
+        return concretize(a_in, bias, self.domains.lower, self.domains.upper, self.domains)
 
 
 def _ctx(sweep: Sweep, key: Any, rows: torch.Tensor | None) -> Any:
@@ -355,7 +355,8 @@ def _cast(boxes: dict[int, Interval] | None, like: torch.Tensor) -> dict[int, In
 
 
 def _select_domains(dom: Domains, keep: torch.Tensor) -> Domains:
-    return Domains(dom.lower[keep], dom.upper[keep], dom.C[keep], {k: v[keep] for k, v in dom.phases.items()})
+    return Domains(dom.lower[keep], dom.upper[keep], dom.C[keep], {k: v[keep] for k, v in dom.phases.items()},
+                   **dom.ball_of(keep))
 
 
 def _select_state(state: BetaState, keep: torch.Tensor, like: torch.Tensor) -> BetaState:

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import torch
 
+from bab.bounding.balls import uses_ball
 from bab.bounding.polyhedra.backward import backward, concretize, make_registry
 from bab.bounding.base import Bounds, Domains, Registry, clause_bounds
 from bab.bounding.interval.ibp import RULES as IBP_RULES, apply_phase
@@ -52,6 +53,7 @@ class Plan:
     relu_only: set[int]
     relus_before: dict[int, list[int]]
     numel: list[int]
+    need: set[int] = field(default_factory=set)  # every node feeding a nonlinear layer
 
 
 def _ancestors(network: Network) -> list[set[int]]:
@@ -92,7 +94,7 @@ def make_plan(network: Network) -> Plan:
     relus = [i for i, n in enumerate(nodes) if isinstance(n.layer, L.ReLU)]
     before = {s: [r for r in relus if r in anc[s] or r == s] for s in range(len(nodes))}
     return Plan([[shape(j) for j in n.inputs] for n in nodes], crown, relu_only, before,
-                [math.prod(n.out_shape) for n in nodes])
+                [math.prod(n.out_shape) for n in nodes], need)
 
 
 _PLANS: "weakref.WeakKeyDictionary[Network, Plan]" = weakref.WeakKeyDictionary()
@@ -118,7 +120,7 @@ def prepare(network: Network, domains: Domains, dtype: Any = None,
         device = torch.device("cuda", torch.cuda.current_device())
     kw = dict(dtype=dtype, device=device)
     doms = Domains(domains.lower.to(**kw), domains.upper.to(**kw), domains.C.to(**kw),
-                   {k: v.to(device=device) for k, v in domains.phases.items()})
+                   {k: v.to(device=device) for k, v in domains.phases.items()}, **domains.ball_of(**kw))
     p = next((t for n in network.nodes for t in n.layer.tensors().values()), None)
     if p is None or (p.dtype == dtype and p.device == device):
         return network, doms
@@ -213,10 +215,15 @@ class Sweep:
             box = IBP_RULES.rule(node.layer)(node.layer, *args)
             if self.floor is not None:
                 box = (torch.maximum(box[0], self.floor[idx][0]), torch.minimum(box[1], self.floor[idx][1]))
-            if idx in self.plan.crown_nodes and self.opts.intermediate == "crown":
+            if self.tightens(idx) and self.opts.intermediate == "crown":
                 box = self._tighten(idx, box)
             self.boxes.append(box)
         return self
+
+    def tightens(self, idx: int) -> bool:
+        """Whether node ``idx`` gets CROWN bounds: the plan's nodes, and with an ℓ2/ℓ1 ball
+        every node feeding a nonlinear layer (intervals of the box hull are not exact there)."""
+        return idx in self.plan.crown_nodes or (uses_ball(self.domains) and idx in self.plan.need)
 
     def relu(self, idx: int) -> ReluData:
         """Cached ReLU relaxation data of node ``idx``."""
@@ -254,7 +261,7 @@ class Sweep:
               bias0: torch.Tensor | None = None) -> torch.Tensor:
         """Lower bounds ``[N, M]`` of ``A0 · node_start(x) + bias0`` over the domains."""
         a_in, bias = backward(self.network, self.rules, _Ctx(self, key, rows), start, A0, bias0)
-        return concretize(a_in, bias, self.domains.lower, self.domains.upper)
+        return concretize(a_in, bias, self.domains.lower, self.domains.upper, self.domains)
 
     def lower_rows(self, idx: int, part: torch.Tensor, key: Any, rows: torch.Tensor) -> torch.Tensor:
         """Lower bounds of ``[e_part; -e_part] · node_idx(x)`` (``[N, 2k]``).
@@ -342,8 +349,11 @@ class Crown:
     interval ones, cheaper), ``upper`` (also bound ``-C`` in the same pass), ``final_ibp``
     (intersect the result with the output interval; off gives the plain back-substitution
     bound), ``dtype``/``device`` (default: the domains'), ``memory_elements`` (largest
-    coefficient tensor per backward pass, in elements).
+    coefficient tensor per backward pass, in elements). ℓ2/ℓ1 input balls enter every
+    concretisation (intermediate and final) through the dual norm.
     """
+
+    input_sets = {"inf": "exact", "2": "exact", "1": "exact"}
 
     def __init__(self, policy: str = "crown", intermediate: str = "crown", upper: bool = True,
                  final_ibp: bool = True, dtype: Any = None, device: Any = None,

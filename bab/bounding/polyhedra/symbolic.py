@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bab.bounding.balls import DUAL, uses_ball
 from bab.bounding.base import Bounds, Domains, Registry, clause_bounds
 from bab.bounding.interval.ibp import RULES as IBP_RULES, apply_phase
 from bab.bounding.polyhedra.relax import POLICIES, relu_data, relu_relax, s_shaped_relax
@@ -129,14 +130,23 @@ def _constant(lo: torch.Tensor, hi: torch.Tensor, k: int) -> Sym:
     return zl, zh
 
 
-def concretize_sym(sym: Sym, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval of the linear functions over the input box (``lower``/``upper``: [N, n_in])."""
+def concretize_sym(sym: Sym, lower: torch.Tensor, upper: torch.Tensor,
+                   domains: Domains | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval of the linear functions over the input box (``lower``/``upper``: [N, n_in]);
+    with an ℓ2/ℓ1 ball in ``domains``, over ``ball ∩ box`` (the tighter of the box and the
+    dual-norm bound, each sound)."""
     n, n_in = lower.shape
     shape = (n, n_in) + (1,) * (sym[0].dim() - 2)
     l, u = lower.reshape(shape), upper.reshape(shape)
     a, b = sym[0][:, :-1], sym[1][:, :-1]
     lo = (a.clamp(min=0) * l + a.clamp(max=0) * u).sum(1) + sym[0][:, -1]
     hi = (b.clamp(min=0) * u + b.clamp(max=0) * l).sum(1) + sym[1][:, -1]
+    if domains is not None and uses_ball(domains):
+        c, e = domains.center.reshape(shape), domains.eps.reshape((n,) + (1,) * (sym[0].dim() - 2))
+        q = DUAL[domains.p]
+        order = float("inf") if q == float("inf") else q
+        lo = torch.maximum(lo, (a * c).sum(1) - e * torch.linalg.vector_norm(a, order, dim=1) + sym[0][:, -1])
+        hi = torch.minimum(hi, (b * c).sum(1) + e * torch.linalg.vector_norm(b, order, dim=1) + sym[1][:, -1])
     return lo, hi
 
 
@@ -157,7 +167,7 @@ def forward_pass(network: Network, domains: Domains) -> tuple[list[Sym], list[tu
         ctx = {"box": in_boxes[0], "phase": domains.phases.get(idx)}
         sym = RULES.rule(node.layer)(node.layer, *args, ctx)
         ibp = IBP_RULES.rule(node.layer)(node.layer, *in_boxes)
-        slo, shi = concretize_sym(sym, domains.lower, domains.upper)
+        slo, shi = concretize_sym(sym, domains.lower, domains.upper, domains)
         syms.append(sym)
         boxes.append((torch.maximum(slo, ibp[0]), torch.minimum(shi, ibp[1])))
     return syms, boxes
@@ -173,7 +183,7 @@ def in_chunks(network: Network, domains: Domains, fn) -> Bounds:
     if domains.size <= step:
         return fn(domains)
     parts = [fn(Domains(domains.lower[s:s + step], domains.upper[s:s + step], domains.C[s:s + step],
-                        {k: v[s:s + step] for k, v in domains.phases.items()}))
+                        {k: v[s:s + step] for k, v in domains.phases.items()}, **domains.ball_of(slice(s, s + step))))
              for s in range(0, domains.size, step)]
     upper = None if parts[0].upper is None else torch.cat([p.upper for p in parts])
     inter = {k: (torch.cat([p.intermediate[k][0] for p in parts]), torch.cat([p.intermediate[k][1] for p in parts]))
@@ -185,6 +195,7 @@ class Symbolic:
     """Forward symbolic intervals as a Bounder (``symbolic``)."""
 
     name = "symbolic"
+    input_sets = {"inf": "exact", "2": "exact", "1": "exact"}
 
     def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
         return in_chunks(network, domains, lambda dom: self._bound(network, dom))
@@ -199,7 +210,7 @@ class Symbolic:
             C = domains.C
             row_lo = (torch.einsum("nmo,nko->nkm", C.clamp(min=0), lo_s)
                       + torch.einsum("nmo,nko->nkm", C.clamp(max=0), hi_s))
-            lower, _ = concretize_sym((row_lo, row_lo), domains.lower, domains.upper)
+            lower, _ = concretize_sym((row_lo, row_lo), domains.lower, domains.upper, domains)
             ilo, ihi = boxes[-1]
             ib_lo, ib_hi = clause_bounds(C, ilo.reshape(n, -1), ihi.reshape(n, -1))
         return Bounds(lower=torch.maximum(lower, ib_lo), upper=ib_hi, intermediate=dict(enumerate(boxes)))
@@ -209,6 +220,7 @@ class CrownForward:
     """CROWN's final backward pass on top of forward symbolic intermediate bounds (``crown-fwd``)."""
 
     name = "crown-fwd"
+    input_sets = {"inf": "exact", "2": "exact", "1": "exact"}
 
     def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
         return in_chunks(network, domains, lambda dom: self._bound(network, dom))
