@@ -269,6 +269,37 @@ def test_opnorm_box_bound_by_hand() -> None:
     assert f.lower.item() == pytest.approx(2.0, abs=1e-6)  # exact: f = 2 x1 there
 
 
+@pytest.mark.parametrize("p", ["2", "1"])
+@pytest.mark.parametrize("name", ["mlp", "tanh_mlp", "small_cnn"])
+def test_bounders_sound_on_balls(name: str, p: str) -> None:
+    """ℓ2/ℓ1 balls ∩ box: sound on ball samples, accepted as exact, and tighter than the box
+    alone when the ball is small."""
+    from bab.bounding import check_input_set
+    from bab.bounding.balls import project, sample
+
+    net = NETS[name]()
+    gen = torch.Generator().manual_seed(5)
+    N, n = 4, net.n_inputs
+    x0 = torch.rand(N, n, generator=gen)
+    lo, hi = x0 - 0.5, x0 + 0.5
+    eps = torch.full((N,), 0.3 if p == "2" else 0.6)
+    C = torch.randn(N, 3, net.n_outputs, generator=gen)
+    dom = Domains(lo, hi, C, center=x0, eps=eps, p=p)
+    box = Domains(lo, hi, C)
+    for m in METHODS:
+        b = get_bounder(m).bound(net, dom)
+        assert check_input_set(get_bounder(m), dom) == "exact"
+        assert torch.all(b.lower >= get_bounder(m).bound(net, box).lower - 1e-6)
+        for i in range(N):
+            x = project(sample(x0[i], float(eps[i]), p, 3000, gen), x0[i], eps[i:i + 1], p, lo[i], hi[i])
+            with torch.no_grad():
+                y = net.forward(x) @ C[i].T
+            assert torch.all(b.lower[i] <= y.amin(0) + 1e-5), m
+            assert torch.all(b.upper[i] >= y.amax(0) - 1e-5), m
+    tight = get_bounder("fastlip").bound(net, dom).lower - get_bounder("fastlip").bound(net, box).lower
+    assert tight.max() > 1e-3
+
+
 # --------------------------------------------------------------------------- certified radius
 
 

@@ -5,8 +5,8 @@ Bounders (:class:`~bab.bounding.lipschitz.opnorm.OpNorm`,
 :class:`~bab.bounding.lipschitz.recurjac.RecurJac`) plus the Lipschitz API:
 :func:`lipschitz_constant` (a margin's Lipschitz constant in the dual norm of ``p``) and
 :func:`certified_radius` (the largest ``ℓp`` radius whose Lipschitz margin bound stays
-positive). Local constants (Fast-Lip, RecurJac) hold on the box hull ``[x0 - ε, x0 + ε]`` of
-the ``ℓp`` ball, which contains the ball for every ``p``.
+positive). Local constants (Fast-Lip, RecurJac) hold on the ``ℓp`` ball: their activation
+bounds are CROWN's on the ball ∩ its box hull ``[x0 - ε, x0 + ε]`` (for ``ℓ∞`` the box itself).
 """
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ def _f64(network: Network) -> Network:
 def margin_constants(network: Network, C: torch.Tensor, center: torch.Tensor, eps: float,
                      norm: "Norm | str | float" = "inf", method: str = "lipschitz-opnorm") -> torch.Tensor:
     """Lipschitz constants ``[M]`` of the margins ``C f`` (``C``: ``[M, n_out]``) in the dual
-    norm ``q``: global for op-norm; on the box hull of the ``ℓp`` ball of radius ``eps`` around
-    ``center`` for Fast-Lip and RecurJac."""
+    norm ``q``: global for op-norm; on the ``ℓp`` ball of radius ``eps`` around ``center`` for
+    Fast-Lip and RecurJac (CROWN's activation bounds on the ball intersected with its box hull
+    ``[x0 - eps, x0 + eps]``, which contains it for every ``p``)."""
     from bab.bounding.lipschitz.fastlip import FastLip
     from bab.bounding.lipschitz.opnorm import margin_constants as opnorm_constants
     from bab.bounding.lipschitz.recurjac import RecurJac
@@ -86,8 +87,10 @@ def margin_constants(network: Network, C: torch.Tensor, center: torch.Tensor, ep
                      else torch.ones(1, dtype=torch.float64))
             return opnorm_constants(net, C, nrm.p, start)[0]
         x0 = torch.as_tensor(center, dtype=torch.float64).reshape(1, -1)
+        ball = None if nrm is Norm.LINF else {
+            "center": x0, "eps": torch.tensor([float(eps)], dtype=torch.float64), "p": str(int(nrm.p))}
         bounder = FastLip() if name == "fastlip" else RecurJac()
-        J = bounder.jacobian(bounder.problem(net, x0 - eps, x0 + eps, C))
+        J = bounder.jacobian(bounder.problem(net, x0 - eps, x0 + eps, C, ball))
         return jac.dual_norm(torch.maximum(J[0].abs(), J[1].abs()).flatten(2), nrm.q)[0]
 
 

@@ -9,8 +9,9 @@ routes each output's adjoint to one of its *candidate* inputs. The *adjoint* of 
 ``∂g/∂(node output)``; :func:`adjoint_bounds` pushes interval adjoints from the output
 (exactly ``c``) back to the input, one per-op rule in :data:`PULLBACK`. At non-differentiable
 points the intervals contain Clarke's generalised gradient (``[0, 1]`` at a ReLU kink), so
-Lebourg's mean-value theorem gives ``|g(x) - g(x0)| <= Σ_i max|J_i| |x_i - x0_i|``
-(:func:`box_bounds`).
+Lebourg's mean-value theorem gives ``|g(x) - g(x0)| <= Σ_i max|J_i| |x_i - x0_i|`` for every
+``x`` of a convex input set containing ``x0`` on which the Jacobian bounds hold; with an ℓp ball
+also ``<= ‖max|J|‖_q ‖x - x0‖_p`` (:func:`set_bounds`).
 
 Fixed ReLU phases: on the sub-domain (box ∩ phases) ``g`` equals ``g~``, the network whose
 fixed neurons are replaced by the identity (active) or zero (inactive) on the *whole* box;
@@ -23,10 +24,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
+from bab.bounding.balls import DUAL, uses_ball
 from bab.bounding.base import Registry
 from bab.bounding.polyhedra.backward import make_registry
 from bab.bounding.polyhedra.relax import window_index
@@ -299,20 +301,52 @@ def phase_groups(phases: dict[int, torch.Tensor], n: int) -> list[tuple[torch.Te
 # ----------------------------------------------------------------------------- box bounds
 
 
-def centre_values(network: Network, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """``C f(x0)`` ``[N, M]`` at the box centres, in float64."""
-    x0 = (lower.double() + upper.double()) / 2
+def centres(domains: Any) -> torch.Tensor:
+    """The expansion point of each domain (float64): the ball's centre when the domains carry
+    an ℓ2/ℓ1 ball (see :func:`ball_ok`), else the box centre."""
+    if uses_ball(domains):
+        return domains.center.double()
+    return (domains.lower.double() + domains.upper.double()) / 2
+
+
+def ball_ok(domains: Any) -> bool:
+    """Whether the domains carry an ℓ2/ℓ1 ball whose centres lie in their boxes (then the
+    input set ``ball ∩ box`` is convex and contains the centre)."""
+    if not uses_ball(domains):
+        return False
+    c = domains.center
+    return bool(((c >= domains.lower) & (c <= domains.upper)).all())
+
+
+def centre_values(network: Network, x0: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """``C f(x0)`` ``[N, M]`` in float64."""
     with torch.no_grad():
-        y = network.forward(x0)
+        y = network.forward(x0.double())
     return torch.bmm(C.double(), y.unsqueeze(-1)).squeeze(-1)
 
 
-def box_bounds(g0: torch.Tensor, jac: Interval, lower: torch.Tensor, upper: torch.Tensor) -> Interval:
-    """``g0 ∓ Σ_i max(|J_lo|, |J_hi|)_i r_i ∓ slack`` with ``r = (u - l) / 2`` (float64)."""
-    r = ((upper.double() - lower.double()) / 2).unsqueeze(1)
-    spread = (torch.maximum(jac[0].abs(), jac[1].abs()).flatten(2) * r).sum(-1)
+def spread_bounds(g0: torch.Tensor, spread: torch.Tensor) -> Interval:
+    """``g0 ∓ spread ∓ slack`` (float64)."""
     slack = SLACK * (1 + g0.abs() + spread)
     return g0 - spread - slack, g0 + spread + slack
+
+
+def set_bounds(network: Network, domains: Any, jac: Interval) -> Interval:
+    """Bounds ``[N, M]`` of ``C f`` over each input set from Jacobian bounds valid on it.
+
+    Box term: ``Σ_i max(|J_lo|, |J_hi|)_i d_i`` with ``d = max(|u - x0|, |x0 - l|)`` (for the
+    box centre, the radii); with an ℓp ball also ``‖max(|J_lo|, |J_hi|)‖_q eps``; the smaller
+    spread is kept. ``g(x0)`` in float64, minus a relative slack.
+    """
+    x0 = centres(domains)
+    g0 = centre_values(network, x0, domains.C)
+    jmax = torch.maximum(jac[0].abs(), jac[1].abs()).flatten(2)
+    d = torch.maximum((domains.upper.double() - x0).abs(), (x0 - domains.lower.double()).abs())
+    spread = (jmax * d.unsqueeze(1)).sum(-1)
+    if uses_ball(domains):
+        ball = dual_norm(jmax, DUAL[domains.p]) * domains.eps.double().unsqueeze(1)
+        spread = torch.minimum(spread, ball)
+    return spread_bounds(g0, spread)
 
 
 def dual_norm(v: torch.Tensor, q: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bab.bounding.balls import uses_ball
 from bab.bounding.base import Bounds, Domains, Registry
 from bab.bounding.lipschitz import jacobian as jac
 from bab.bounding.polyhedra.crown import prepare
@@ -202,33 +203,41 @@ def _dual(p: float) -> float:
 
 
 class OpNorm:
-    """The op-norm Lipschitz bound as a :class:`~bab.bounding.base.Bounder` on boxes (``ℓ∞``
-    geometry: ``g(x) >= g(x0) - L_r`` with the radii folded into the gains)."""
+    """The op-norm Lipschitz bound as a :class:`~bab.bounding.base.Bounder`.
+
+    Box (``ℓ∞`` geometry): ``g(x) >= g(x0) - L_d`` with the distances
+    ``d = max(|u - x0|, |x0 - l|)`` folded into the gains. An ℓ2/ℓ1 ball (∩ box) is expanded
+    at its centre and also gives ``g(x0) - L_p eps``; the better bound is kept.
+    """
 
     name = "lipschitz-opnorm"
+    input_sets = {"inf": "exact", "2": "exact", "1": "exact"}
 
     def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
-        """Lower and upper bounds of ``C f(x)`` over each box (no intermediate intervals)."""
+        """Lower and upper bounds of ``C f(x)`` over each input set (no intermediate intervals)."""
         net, dom = prepare(network, domains, torch.float64)
         with torch.no_grad():
-            r = ((dom.upper - dom.lower) / 2).reshape(dom.size, *net.input_shape)
-            lo, hi = self._box(net, dom.lower, dom.upper, dom.C, r, None)
+            lo, hi = self._sets(net, net, dom, None)
             for rows, phase in jac.phase_groups(dom.phases, dom.size):
                 masks = {k: (v >= 0).to(torch.float64).unsqueeze(0) for k, v in phase.items()}
                 pnet, _ = jac.phase_network(net, phase, dom.lower[rows], dom.upper[rows])
-                plo, phi = self._box(pnet, dom.lower[rows], dom.upper[rows], dom.C[rows], r[rows],
-                                     (net, masks))
+                sub = Domains(dom.lower[rows], dom.upper[rows], dom.C[rows], **dom.ball_of(rows))
+                plo, phi = self._sets(pnet, net, sub, masks)
                 lo[rows], hi[rows] = torch.maximum(lo[rows], plo), torch.minimum(hi[rows], phi)
         lower, upper = jac.outward(lo, hi, domains.lower.dtype)
         return Bounds(lower=lower, upper=upper)
 
     @staticmethod
-    def _box(net: Network, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
-             r: torch.Tensor, masked: tuple[Network, dict] | None) -> jac.Interval:
-        """``g(x0) ∓ L`` (with ``masked``: gains of the original network with fixed-inactive
-        neurons zeroed, centre value from the phase network ``net``)."""
-        g0 = jac.centre_values(net, lower, upper, C)
-        base, masks = masked if masked is not None else (net, None)
-        L_ = margin_constants(base, C, math.inf, r, masks)
-        slack = jac.SLACK * (1 + g0.abs() + L_)
-        return g0 - L_ - slack, g0 + L_ + slack
+    def _sets(net: Network, base: Network, dom: Domains, masks: dict | None) -> jac.Interval:
+        """``g(x0) ∓ L``: centre value from ``net`` (the phase network ``g~`` or the network
+        itself), gains from ``base`` with ``masks`` (fixed-inactive neurons zeroed)."""
+        x0 = jac.centres(dom)
+        g0 = jac.centre_values(net, x0, dom.C)
+        d = torch.maximum((dom.upper.double() - x0).abs(), (x0 - dom.lower.double()).abs())
+        spread = margin_constants(base, dom.C, math.inf, d.reshape(dom.size, *net.input_shape), masks)
+        if uses_ball(dom):
+            p = math.inf if dom.p == "inf" else float(dom.p)
+            one = torch.ones(dom.size, dtype=torch.float64)
+            ball = margin_constants(base, dom.C, p, one) * dom.eps.double().unsqueeze(1)
+            spread = torch.minimum(spread, ball)
+        return jac.spread_bounds(g0, spread)
