@@ -42,6 +42,8 @@ class BoundMethod:
         from bab.bounding import BounderRefusal, UnsupportedLayerError, get_bounder
 
         bounder = get_bounder(self.name)
+        if hasattr(bounder, "remaining"):  # long-running bounders (solvers) stop in time
+            bounder.remaining = pipeline.deadline.remaining
         for region in pipeline.spec.regions:
             pipeline.deadline.check()
             try:
