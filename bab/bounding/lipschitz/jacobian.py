@@ -273,7 +273,7 @@ def phase_network(network: Network, phase: dict[int, torch.Tensor], lower: torch
         active = (ph > 0).to(dt).reshape(shape)
         keep = (ph >= 0).to(dt).reshape(shape)
         s = active * (1 + torch.relu(-boxes[ins[0]][0]).amax(0))
-        k = add(L.ElementwiseAffine(torch.ones((), dtype=dt), s), ins, shape)
+        k = add(L.ElementwiseAffine(torch.ones((), dtype=dt, device=s.device), s), ins, shape)
         k = add(L.ReLU(), (k,), shape)
         where[i] = add(L.ElementwiseAffine(keep, -s * keep), (k,), shape)
     net = Network(nodes, network.input_shape, network.output_shape, network.io, network.source,

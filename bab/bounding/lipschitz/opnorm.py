@@ -76,23 +76,24 @@ def op_norm(layer: L.Layer, in_shape: tuple[int, ...], p: float) -> float:
 
 
 def _op_norm(layer: L.Layer, in_shape: tuple[int, ...], p: float) -> float:
-    dt = torch.float64
+    params = list(layer.tensors().values())
+    kw = dict(dtype=torch.float64, device=params[0].device if params else None)
     if isinstance(layer, L.Linear) and p == 2:
-        return float(torch.linalg.matrix_norm(layer.weight.to(dt), 2))
-    x = torch.ones(1, *in_shape, dtype=dt)
+        return float(torch.linalg.matrix_norm(layer.weight.to(torch.float64), 2))
+    x = torch.ones(1, *in_shape, **kw)
     norm_inf = float(abs_forward(_f64(layer), x).max())
     if math.isinf(p):
         return norm_inf
-    x = torch.zeros(1, *in_shape, dtype=dt, requires_grad=True)
+    x = torch.zeros(1, *in_shape, **kw, requires_grad=True)
     with torch.enable_grad():
         col = torch.autograd.grad(abs_forward(_f64(layer), x).sum(), x)[0]
     norm_1 = float(col.max())
     if p == 1:
         return norm_1
     n_in = math.prod(in_shape)
-    n_out = math.prod(linear_map(_f64(layer), torch.zeros(1, *in_shape, dtype=dt)).shape[1:])
+    n_out = math.prod(linear_map(_f64(layer), torch.zeros(1, *in_shape, **kw)).shape[1:])
     if n_in * n_out <= UNROLL_LIMIT:
-        A = linear_map(_f64(layer), torch.eye(n_in, dtype=dt).reshape(n_in, *in_shape)).reshape(n_in, -1)
+        A = linear_map(_f64(layer), torch.eye(n_in, **kw).reshape(n_in, *in_shape)).reshape(n_in, -1)
         return float(torch.linalg.matrix_norm(A, 2))
     return math.sqrt(norm_1 * norm_inf)
 
@@ -237,7 +238,7 @@ class OpNorm:
         spread = margin_constants(base, dom.C, math.inf, d.reshape(dom.size, *net.input_shape), masks)
         if uses_ball(dom):
             p = math.inf if dom.p == "inf" else float(dom.p)
-            one = torch.ones(dom.size, dtype=torch.float64)
+            one = torch.ones(dom.size, dtype=torch.float64, device=dom.lower.device)
             ball = margin_constants(base, dom.C, p, one) * dom.eps.double().unsqueeze(1)
             spread = torch.minimum(spread, ball)
         return jac.spread_bounds(g0, spread)

@@ -240,8 +240,8 @@ class RecurJac(FastLip):
             part = sel[c0:c0 + step]
             k = part.numel()
             eye = torch.zeros(2 * k, n, dtype=lo.dtype, device=lo.device)
-            eye[torch.arange(k), part] = 1.0
-            eye[torch.arange(k, 2 * k), part] = -1.0
+            eye[torch.arange(k, device=lo.device), part] = 1.0
+            eye[torch.arange(k, 2 * k, device=lo.device), part] = -1.0
             low = tangent_lower(ctx, start, eye.expand(N, M, 2 * k, n).reshape(N, M, 2 * k, *shape))
             lo[:, :, part] = torch.maximum(lo[:, :, part], low[:, :, :k])
             hi[:, :, part] = torch.minimum(hi[:, :, part], -low[:, :, k:])
