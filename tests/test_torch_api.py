@@ -82,11 +82,11 @@ def test_a_custom_module_goes_through_the_onnx_exporter() -> None:
     assert res.status in (Status.UNSAT, Status.UNKNOWN)
 
 
-def test_certify_needs_an_input_shape_for_a_module(mlp: nn.Sequential) -> None:
+def test_certify_needs_an_input_shape_and_a_known_norm(mlp: nn.Sequential) -> None:
     with pytest.raises(ValueError, match="input_shape"):
         bab.certify(mlp, np.zeros(64), 0, eps=0.01)
-    with pytest.raises(ValueError, match="not available yet"):
-        bab.certify(mlp, np.zeros(64), 0, eps=0.01, norm="2", input_shape=(64,))
+    with pytest.raises(ValueError, match="unknown norm '3'"):
+        bab.certify(mlp, np.zeros(64), 0, eps=0.01, norm="3", input_shape=(64,))
 
 
 def test_certify_agrees_between_the_module_and_its_onnx_export(mlp: nn.Sequential, tmp_path: Path) -> None:
