@@ -27,6 +27,7 @@ SKIP = {"cifar_deep_kw.onnx", "cifar_wide_kw.onnx"}
 FORWARD = {"symbolic", "crown-fwd"}
 LP_BASED = {"refinezono", "krelu"}  # one LP per row and domain: only networks whose LP is quick
 LP_MAX_NEURONS = 1000  # hidden neurons (outputs of ReLU nodes) of the networks they run on
+SLOW_ON_CONV = {"zonotope"}  # dense generators of the first conv layer: conv nets only in the full check
 PARTIAL_OPS = {"wk", "krelu"}  # methods whose paper covers only some ops: networks with others are skipped
 N_DOMAINS, N_SAMPLES, N_PGD = 20, 2000, 10
 
@@ -152,6 +153,8 @@ def _check(bench: Path, method: str, full: bool) -> None:
             continue  # forward symbolic bounds are meant for low-dimensional inputs
         if method in LP_BASED and _hidden(net) > LP_MAX_NEURONS:
             continue
+        if method in SLOW_ON_CONV and not full and any(isinstance(n.layer, L.Conv2d) for n in net.nodes):
+            continue  # ~2 s per conv domain: the conv networks are checked under -m slow
         try:
             lower = get_bounder(method).bound(net, dom).lower.detach()
         except (UnsupportedLayerError, BounderRefusal):
