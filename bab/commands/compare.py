@@ -23,22 +23,26 @@ def register(sub: Any) -> None:
         description="Certify the first --limit points of --data in an l_p ball (--norm) of radius --eps "
                     "with each method (falsification off), on each model; also PGD and clean "
                     "accuracy. Writes points.csv, summary.csv, table.md and heatmap.png.")
-    p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="models (named by file stem)")
-    p.add_argument("--data", required=True, help=".npz with x, y (or x_test, y_test)")
+    p.add_argument("models", nargs="*", metavar="MODEL.onnx", help="models (named by file stem)")
+    p.add_argument("--data", default=None, help=".npz with x, y (or x_test, y_test)")
     p.add_argument("--norm", default="inf", choices=("inf", "2", "1"), help="ball norm: inf, 2 or 1 (a method that cannot handle an l2/l1 ball "
                         "answers n/a or unknown with the reason)")
     p.add_argument("--eps", type=float, default=None, help="ball radius")
     p.add_argument("--methods", default="all", help="all, or comma-separated method names")
-    p.add_argument("--limit", type=int, default=100, help="first N points of the data (default 100)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per (model, method, point)")
+    p.add_argument("--limit", type=int, default=None, help="first N points of the data (default 100)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per (model, method, point) (default 60)")
     p.add_argument("--output", default=None, metavar="DIR", help="output folder (a rerun resumes it)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="points in parallel processes")
+    p.add_argument("--jobs", type=int, default=None, metavar="N", help="points in parallel processes (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (verify and PGD)")
     p.add_argument("--config", default=None, help="TOML or YAML configuration for verify")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one verify configuration option (repeatable)")
     p.add_argument("--smoothing", action="store_true",
                    help="run the randomized-smoothing comparison (SoK Table IV) instead")
+    p.add_argument("--sok", action="store_true",
+                   help="train the default zoo and run both SoK tables into --output (default "
+                        "report/); see docs/compare.md")
+    p.add_argument("--quick", action="store_true", help="with --sok: a tiny version (tests)")
     try:
         from bab.compare.smoothing import add_smoothing_arguments
     except Exception:  # noqa: BLE001 - the smoothing table is optional
@@ -72,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison and print the Markdown table."""
     from bab.compare.data import CompareInputError
 
+    if args.sok:
+        from bab.commands.sok import run_sok_command
+
+        return run_sok_command(args)
+    if args.quick:
+        return _bad("--quick only goes with --sok")
+    _defaults(args)
     if args.smoothing:
         return run_smoothing(args)
     try:
@@ -80,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         check_norm(args.norm)
         if args.eps is None:
             raise CompareInputError("--eps is required")
+        if not args.models or args.data is None:
+            raise CompareInputError("give MODEL.onnx files and --data (or --sok)")
         if args.jobs < 1 or args.limit < 1 or not args.timeout > 0:
             raise CompareInputError("--jobs and --limit must be >= 1 and --timeout > 0")
         missing = [m for m in [*args.models, args.data] if not Path(m).is_file()]
@@ -90,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
         return _bad(" ".join(str(exc).split()))
     print(result.markdown(), end="", flush=True)
     return 0
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    """Fill in --limit, --timeout and --jobs (None so that --sok can tell them apart)."""
+    for key, value in (("limit", 100), ("timeout", 60.0), ("jobs", 1)):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def _compare(args: argparse.Namespace) -> Any:
@@ -127,6 +147,8 @@ def run_smoothing(args: argparse.Namespace) -> int:
         return _bad("smoothing comparison is not available (its options are not registered)")
     from bab.smoothing.errors import SmoothingError
 
+    if not args.models or args.data is None:
+        return _bad("give MODEL.onnx files and --data")
     try:
         result = compare_smoothing(
             [Path(m) for m in args.models], Path(args.data), norm=args.norm,
