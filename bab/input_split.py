@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bab.bounding import Bounder, Domains, check_input_set
-from bab.bounding.balls import misses_ball, project, region_ball
+from bab.bounding.balls import ball_kwargs, misses_ball, project, region_ball
 from bab.result import Counterexample
 from bab.store import TensorBatch
 from onnx_models.network import Network
@@ -77,11 +77,8 @@ class InputSplitProblem:
             check_input_set(bounder, self.ball.get("p", "box"))
 
     def _ball_kw(self, n: int, dtype: torch.dtype) -> dict[str, Any]:
-        """``Domains`` keyword arguments of the ball for ``n`` boxes (empty without one)."""
-        if not self.ball:
-            return {}
-        return {"center": self.ball["center"].to(dtype).expand(n, -1), "eps": self.ball["eps"].to(dtype).expand(n),
-                "p": self.ball["p"]}
+        """``Domains`` keyword arguments of the region's ball for ``n`` domains."""
+        return ball_kwargs(self.ball, n, dtype)
 
     def _into_ball(self, x: torch.Tensor) -> torch.Tensor:
         """Points projected onto the ball and clipped to the region's box (so still in the

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bab.bounding.balls import project, region_ball
+from bab.bounding.balls import ball_kwargs, project, region_ball
 from bab.bounding.base import Domains
 from bab.bounding.polyhedra.beta import BetaCrown, BetaState
 from bab.bounding.polyhedra.crown import plan_for
@@ -177,11 +177,8 @@ class ReluSplitProblem:
                        {r: batch[f"ph{r}"] for r in self.branchable}, **self._ball_kw(n, dt))
 
     def _ball_kw(self, n: int, dtype: torch.dtype) -> dict[str, Any]:
-        """``Domains`` keyword arguments of the ball for ``n`` domains (empty without one)."""
-        if not self.ball:
-            return {}
-        return {"center": self.ball["center"].to(dtype).expand(n, -1), "eps": self.ball["eps"].to(dtype).expand(n),
-                "p": self.ball["p"]}
+        """``Domains`` keyword arguments of the region's ball for ``n`` domains."""
+        return ball_kwargs(self.ball, n, dtype)
 
     def _into_ball(self, x: torch.Tensor) -> torch.Tensor:
         """Points projected onto the ball, then clipped to the region box (still in the ball)."""

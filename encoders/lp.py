@@ -40,10 +40,12 @@ def row_bounds(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, C
     model = lower(enc, "lp")
     objs = sp.csr_matrix(C @ enc.output.A)
     res = disp.solve_many(model, objs, C @ enc.output.c, time_limit, float(cfg.feasibility_tol))
-    return np.array([_value(r) for r in res])
+    return np.array([solve_value(r) for r in res])
 
 
-def _value(res: Any) -> float:
+def solve_value(res: Any) -> float:
+    """A solver result as a bound: its optimum, ``+inf`` when infeasible (an empty domain),
+    ``-inf`` when it did not finish."""
     if res.status == "infeasible":
         return np.inf
     if res.status == "optimal" and res.value is not None:
@@ -78,7 +80,7 @@ def tighten(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, inte
         objs = sp.vstack([A, -A]).tocsr()
         consts = np.concatenate([out.c, -out.c])
         res = disp.solve_many(model, objs, consts, end - time.monotonic(), float(cfg.feasibility_tol))
-        vals = np.array([_value(r) for r in res])
+        vals = np.array([solve_value(r) for r in res])
         k = sel.size
         new_lo, new_hi = vals[:k], -vals[k:]
         new_lo = new_lo - eps * (1 + np.abs(new_lo))

@@ -111,6 +111,15 @@ def sample(center: torch.Tensor, eps: float, p: str, n: int, gen: torch.Generato
     return center.cpu().reshape(1, -1) + v
 
 
+def ball_kwargs(ball: dict[str, Any], n: int, dtype: torch.dtype) -> dict[str, Any]:
+    """``Domains`` keyword arguments repeating one ball (``center``/``eps``/``p``, as from
+    :func:`region_ball`) for ``n`` domains in ``dtype`` (empty without a ball)."""
+    if not ball:
+        return {}
+    return {"center": ball["center"].to(dtype).expand(n, -1), "eps": ball["eps"].to(dtype).expand(n),
+            "p": ball["p"]}
+
+
 def region_ball(region: Any, n: int = 1, **kw: Any) -> dict[str, Any]:
     """``Domains`` keyword arguments for the ball of a :class:`vnnlib.spec.Region` (``n``
     copies; ``kw``: ``dtype``/``device``); empty for a box or an ℓ∞ ball (the box is exact)."""

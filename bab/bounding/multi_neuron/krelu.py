@@ -38,6 +38,7 @@ from bab.bounding.polyhedra.crown import Crown, Sweep, prepare
 from encoders.decide import dispatcher_for, prove_eps
 from encoders.encoding import Encoding, ReluBlock, encode, float64_network
 from encoders.extra_rows import add_rows
+from encoders.lp import solve_value
 from encoders.model import LinearModel, lower
 from onnx_models import layers as L
 from onnx_models.network import Network
@@ -244,16 +245,8 @@ def lp_minima(enc: Encoding, model: LinearModel, C: np.ndarray, solver: Any, dis
     live = np.nonzero(np.diff(objs.indptr) > 0)[0]
     if live.size:
         res = disp.solve_many(model, objs[live], consts[live], time_limit, float(solver.feasibility_tol))
-        out[live] = [_value(r) for r in res]
+        out[live] = [solve_value(r) for r in res]
     return out
-
-
-def _value(res: Any) -> float:
-    if res.status == "infeasible":
-        return math.inf
-    if res.status == "optimal" and res.value is not None:
-        return float(res.value)
-    return -math.inf
 
 
 def _round_down(values: np.ndarray, dtype: torch.dtype, device: Any) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch
 from bab.bounding.base import Bounds, Domains
 from bab.bounding.zonotope.deepz import Interval, Zonotope
 from bab.bounding.zonotope.zono import down, up
+from encoders.lp import solve_value
 from onnx_models import layers as L
 from onnx_models.network import Network
 
@@ -38,15 +39,6 @@ def refinable(network: Network, layers: int) -> list[int]:
         if isinstance(node.layer, L.ReLU) and node.inputs[0] >= 0 and len(out) < layers:
             out.append(idx)
     return out
-
-
-def _value(res: Any) -> float:
-    """A proven lower bound of a minimisation (``-inf`` when none)."""
-    if res.status == "infeasible":
-        return np.inf
-    if res.status in ("optimal", "feasible") and res.bound is not None:
-        return float(res.bound)
-    return -np.inf
 
 
 class RefineZono:
@@ -128,7 +120,7 @@ class RefineZono:
         c = enc.output.c[sel]
         res = disp.solve_many(model, sp.vstack([A, -A]).tocsr(), np.concatenate([c, -c]),
                               max(0.0, end - time.monotonic()), float(self.cfg.feasibility_tol))
-        vals = np.array([_value(r) for r in res])
+        vals = np.array([solve_value(r) for r in res])
         eps = prove_eps(self.cfg)
         k = sel.size
         vals = np.where(np.isfinite(vals), vals, -np.inf)  # no proven bound (or an empty domain): no change
