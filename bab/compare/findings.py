@@ -111,8 +111,8 @@ def certified_training_helps(rows: Sequence[Any], pairs: dict[str, tuple[str, st
             verdicts.append(ok)
             numbers[f"{arch}/{method}"] = {"pgd_model": p[method], "crown_ibp_model": c[method], "holds": ok}
     return Finding("certified-training", f"(3) IBP and CROWN-IBP certify >= {factor:g}x as many "
-                   "points on the crown-ibp-trained model as on the pgd-trained one of the same "
-                   "architecture", _all(verdicts), numbers)
+                   "points (and >= 1) on the crown-ibp-trained model as on the pgd-trained one of "
+                   "the same architecture", _all(verdicts), numbers)
 
 
 def _smoothing_cells(srows: Iterable[Any]) -> dict[tuple[str, str], dict[float, float]]:
