@@ -50,7 +50,9 @@ class BoundMethod:
                 proven = self.region_infeasible(pipeline, bounder, region)
             except (BounderRefusal, UnsupportedLayerError) as exc:
                 pipeline.stats.extra["refused"] = f"{type(exc).__name__}: {exc}"  # bab compare: n/a
-                return Outcome(Status.UNKNOWN, reason=f"{self.name}: {exc}")
+                text = str(exc)
+                reason = text if text.startswith(f"{self.name}:") else f"{self.name}: {text}"
+                return Outcome(Status.UNKNOWN, reason=reason)
             if not all(proven):
                 return Outcome(Status.UNKNOWN, reason=f"{self.name} bounds could not prove every clause")
         pipeline.stats.proved_by = self.name

@@ -356,7 +356,7 @@ class SdpVerify:
         try:
             import cvxpy  # noqa: F401
         except ImportError as exc:
-            raise BounderRefusal(f"{self.name} needs cvxpy (pip install '.[sdp]'): {exc}") from exc
+            raise BounderRefusal(f"{self.name} needs cvxpy (a dependency of this package: reinstall it): {exc}") from exc
         bounds = pre_bounds(network, domains, chain)
         C = _np(domains.C)
         xlo, xhi = _np(domains.lower), _np(domains.upper)
