@@ -18,6 +18,7 @@ from bab.config import BabConfig, Config, FalsifyConfig, SolverConfig, VerifyCon
 from bab.result import Status
 from onnx_models import layers as L
 from tests.builders import mlp_onnx
+from tests.test_encoders_diff import _forward
 from tests.irnets import chain, random_mlp, small_cnn
 from vnnlib.spec import Ball, Clause, Region, Spec
 
@@ -276,15 +277,6 @@ def _l1_case(seed: int):
             continue
         d = np.quantile(vals, 0.02) + rng.choice([-0.2, -0.05, 0.05, 0.3]) * (vals.max() - vals.min())
         return ws, bs, Region.with_ball(ball, (Clause(C, np.array([d])),), lo, hi), bool(vals.min() <= d)
-
-
-def _forward(ws, bs, x: np.ndarray) -> np.ndarray:
-    h = np.asarray(x, np.float64)
-    for i, (w, b) in enumerate(zip(ws, bs)):
-        h = h @ w.T.astype(np.float64) + b
-        if i < len(ws) - 1:
-            h = np.maximum(h, 0)
-    return h
 
 
 def test_l1_complete_verdicts_agree_on_30_tiny_networks(tmp_path) -> None:
