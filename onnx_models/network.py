@@ -80,8 +80,9 @@ class Network:
     def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> "Network":
         """Move every parameter tensor in place; returns ``self``."""
         for node in self.nodes:
-            for name, t in node.layer.tensors().items():
-                setattr(node.layer, name, t.to(dtype=dtype or t.dtype, device=device or t.device))
+            for name, t in node.layer.all_tensors().items():
+                keep = dtype is None or not t.is_floating_point()  # index tensors stay int64
+                setattr(node.layer, name, t.to(dtype=t.dtype if keep else dtype, device=device or t.device))
         if dtype is not None:
             self.dtype = dtype
         return self

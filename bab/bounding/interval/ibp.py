@@ -103,3 +103,6 @@ class IBP:
         lo, hi = boxes[-1]
         lower, upper = clause_bounds(domains.C, lo.reshape(n, -1), hi.reshape(n, -1))
         return Bounds(lower=lower, upper=upper, intermediate=dict(enumerate(boxes)))
+
+
+from bab.bounding.interval import graph_ops  # noqa: E402,F401  (registers the general-graph rules)

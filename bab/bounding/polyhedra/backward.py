@@ -32,12 +32,21 @@ class Context(Protocol):
         """Sample shape of input ``k`` of node ``idx``."""
         ...
 
+    def in_shapes(self, idx: int) -> list[tuple[int, ...]]:
+        """Sample shapes of every input of node ``idx``."""
+        ...
+
     def relax(self, idx: int) -> Relax:
         """Elementwise relaxation of the ReLU/Sigmoid/Tanh node ``idx``."""
         ...
 
     def maxpool(self, idx: int) -> MaxPoolRelax:
         """Relaxation of the MaxPool node ``idx``."""
+        ...
+
+    def box(self, idx: int, k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interval ``[N, *shape]`` of input ``k`` of node ``idx`` (for rules such as Mul,
+        MatMul and Softmax that relax from their operands' bounds)."""
         ...
 
 
@@ -51,6 +60,11 @@ def _rule(*kinds: type) -> Callable[[Rule], Rule]:
         return fn
 
     return deco
+
+
+#: Public name for modules that add backward rules (one registry: every Crown-family bounder
+#: built after the import sees them).
+register_rule = _rule
 
 
 def make_registry(method: str) -> Registry:
@@ -153,6 +167,11 @@ def _dot(coef: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     if t.shape[1] != 1:
         return _sample_sum(coef * t)
     return torch.bmm(coef.flatten(2), t.flatten(2).transpose(1, 2)).squeeze(-1)
+
+
+def activation_rule(ctx: Context, idx: int, layer: L.Layer, A: torch.Tensor) -> Step:
+    """Backward rule of any elementwise layer with a :class:`Relax` (ReLU and ``relax.UNARY``)."""
+    return _activation(ctx, idx, layer, A)
 
 
 @_rule(L.ReLU, L.Sigmoid, L.Tanh)

@@ -33,15 +33,17 @@ from bab.bounding.balls import uses_ball
 from bab.bounding.polyhedra.backward import backward, concretize, make_registry
 from bab.bounding.base import Bounds, Domains, Registry, clause_bounds
 from bab.bounding.interval.ibp import RULES as IBP_RULES, apply_phase
-from bab.bounding.polyhedra.relax import (POLICIES, MaxPoolRelax, Relax, ReluData, SlopePolicy,
-                                maxpool_relax, relu_data, relu_relax, s_shaped_relax)
+from bab.bounding.polyhedra.relax import (POLICIES, UNARY, MaxPoolRelax, Relax, ReluData,
+                                          SlopePolicy, is_nonlinear, maxpool_relax, relu_data,
+                                          relu_relax)
+from bab.bounding.polyhedra import graph_ops  # noqa: F401  (registers the general-graph rules)
 from onnx_models import layers as L
 from onnx_models.network import Network
 
 Interval = tuple[torch.Tensor, torch.Tensor]
-NONLINEAR = (L.ReLU, L.Sigmoid, L.Tanh, L.MaxPool2d)
 _BOX_OPS = (L.ElementwiseAffine, L.Pad, L.Reshape, L.Transpose)
-_MIXING = (L.Linear, L.Conv2d, L.AvgPool2d)
+_COPY_OPS = (L.Gather,)  # exact per element, but may repeat an input (not a box image)
+_MIXING = (L.Linear, L.Conv2d, L.AvgPool2d, L.ReduceSum, L.ConvTranspose2d)
 
 
 @dataclass
@@ -76,14 +78,15 @@ def make_plan(network: Network) -> Plan:
         for j in node.inputs:
             consumers.setdefault(j, []).append(i)
     need = {j for j, cs in consumers.items()
-            if j >= 0 and any(isinstance(nodes[c].layer, NONLINEAR) for c in cs)}
+            if j >= 0 and any(is_nonlinear(nodes[c].layer) for c in cs)}
     relu_only = {j for j in need if all(isinstance(nodes[c].layer, L.ReLU) for c in consumers[j])}
     box, tight, crown = {-1: True}, {-1: True}, set()
     for i, node in enumerate(nodes):
         j, layer = node.inputs[0], node.layer
         single = len(node.inputs) == 1
         box[i] = single and isinstance(layer, _BOX_OPS) and box[j]
-        if single and isinstance(layer, _BOX_OPS + NONLINEAR):
+        if single and (isinstance(layer, _BOX_OPS + _COPY_OPS + (L.ReLU, L.MaxPool2d))
+                       or type(layer) in UNARY):
             tight[i] = tight[j]
         else:
             tight[i] = single and isinstance(layer, _MIXING) and box[j]
@@ -167,11 +170,17 @@ class _Ctx:
     def in_shape(self, idx: int, k: int = 0) -> tuple[int, ...]:
         return self.sweep.plan.in_shapes[idx][k]
 
+    def in_shapes(self, idx: int) -> list[tuple[int, ...]]:
+        return self.sweep.plan.in_shapes[idx]
+
     def relax(self, idx: int) -> Relax:
         return self.sweep.relax(idx, self.key, self.rows)
 
     def maxpool(self, idx: int) -> MaxPoolRelax:
         return self.sweep.maxpool(idx)
+
+    def box(self, idx: int, k: int = 0) -> Interval:
+        return self.sweep.input_box(idx, k)
 
 
 @dataclass
@@ -241,7 +250,7 @@ class Sweep:
                 alpha = alpha[:, rows]
             return relu_relax(self.relu(idx), alpha)
         if idx not in self._cache:
-            self._cache[idx] = s_shaped_relax(type(layer), *self.input_box(idx))
+            self._cache[idx] = UNARY[type(layer)](layer, *self.input_box(idx))
         return self._cache[idx]
 
     def maxpool(self, idx: int) -> MaxPoolRelax:

@@ -164,6 +164,39 @@ def s_shaped_relax(kind: type, l: torch.Tensor, u: torch.Tensor) -> Relax:
     return Relax(cast(lo_w), cast(lo_b), cast(up_w), cast(up_b))
 
 
+UnaryRelax = Callable[[L.Layer, torch.Tensor, torch.Tensor], Relax]
+
+#: Elementwise nonlinearities other than ReLU: layer class -> sound relaxation on ``[l, u]``
+#: (``[N, *shape]`` each; the result broadcasts as ``[N, 1, *shape]``). This table is the one
+#: place that says which elementwise layers the CROWN family relaxes; modules add entries with
+#: :func:`register_unary`.
+UNARY: dict[type, UnaryRelax] = {}
+
+#: Layers of several input-dependent operands (or with a relaxation that reads their input
+#: intervals directly: Mul, MatMul, Softmax): the sweep bounds all their inputs.
+NEEDS_INPUT_BOUNDS: set[type] = set()
+
+
+def register_unary(*kinds: type) -> Callable[[UnaryRelax], UnaryRelax]:
+    """Decorator: ``fn(layer, l, u) -> Relax`` is the relaxation of the given layer classes."""
+    def deco(fn: UnaryRelax) -> UnaryRelax:
+        for kind in kinds:
+            UNARY[kind] = fn
+        return fn
+    return deco
+
+
+@register_unary(L.Sigmoid, L.Tanh)
+def _s_shaped(layer: L.Layer, l: torch.Tensor, u: torch.Tensor) -> Relax:
+    return s_shaped_relax(type(layer), l, u)
+
+
+def is_nonlinear(layer: L.Layer) -> bool:
+    """Whether the sweep needs (tightened) bounds on this layer's inputs."""
+    kind = type(layer)
+    return kind in (L.ReLU, L.MaxPool2d) or kind in UNARY or kind in NEEDS_INPUT_BOUNDS
+
+
 @dataclass
 class MaxPoolRelax:
     """MaxPool relaxation: per output the flat input index ``sel`` ``[N, C, L]`` bounding it
