@@ -59,7 +59,7 @@ def load_inputs(model: str | Path | Network, spec: str | Path | Spec) -> tuple[N
     if isinstance(spec, Spec):
         prop = spec
     else:
-        prop = vnnlib.parse_cached(spec, n_inputs=network.n_inputs, n_outputs=network.n_outputs)
+        prop = vnnlib.load_property(spec, n_inputs=network.n_inputs, n_outputs=network.n_outputs)
     if prop.n_inputs != network.n_inputs or prop.n_outputs != network.n_outputs:
         raise InputMismatchError(
             f"property has {prop.n_inputs} inputs / {prop.n_outputs} outputs but the network "

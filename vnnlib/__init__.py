@@ -2,7 +2,8 @@
 
 from vnnlib.spec import Clause, Region, Spec
 
-__all__ = ["Clause", "Region", "Spec", "parse", "parse_text", "parse_cached", "VnnlibError"]
+__all__ = ["Clause", "Region", "Spec", "parse", "parse_text", "parse_cached", "VnnlibError",
+           "load_property"]
 
 
 def __getattr__(name: str):  # lazy: keep ``import vnnlib.spec`` cheap
@@ -10,4 +11,8 @@ def __getattr__(name: str):  # lazy: keep ``import vnnlib.spec`` cheap
         from vnnlib import parser
 
         return getattr(parser, name)
+    if name == "load_property":  # 1.0 or 2.0, told apart by the (vnnlib-version ...) header
+        from vnnlib.load import load_property
+
+        return load_property
     raise AttributeError(name)
