@@ -15,7 +15,7 @@ import time
 
 PROCESS_START = time.monotonic()  # the competition times the whole process
 COMMANDS = ("verify", "check", "bench", "demo", "config", "smooth", "train_smoothed", "compare", "train",
-            "radius")
+            "radius", "capabilities", "convert_vnnlib")
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -28,10 +28,12 @@ def bad_input_types() -> tuple[type[BaseException], ...]:
     from bab.api import InputMismatchError
     from bab.bench import BenchInputError
     from bab.config import ConfigError
+    from bab.standard import StandardInputError
     from onnx_models.errors import OnnxModelError
     from vnnlib.parser import VnnlibError
 
-    return (BadInput, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+    return (BadInput, StandardInputError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError,
             OnnxModelError, VnnlibError, InputMismatchError, ConfigError, BenchInputError)
 
 
@@ -45,12 +47,30 @@ def describe(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+class _PrintAction(argparse.Action):
+    """``--name`` / ``--version``: print one line from the package metadata and exit 0."""
+
+    def __init__(self, option_strings: list[str], dest: str, text: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+        self.text = text
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from bab import standard
+
+        print(standard.solver_name() if self.text == "name" else standard.solver_version())
+        parser.exit(EXIT_OK)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command registered."""
     parser = argparse.ArgumentParser(
         prog="bab", description="Complete branch-and-bound neural-network verifier (ONNX + VNN-LIB).")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    parser.add_argument("--name", action=_PrintAction, text="name",
+                        help="print the solver's name and exit (VNN-LIB 2.0 §5.2)")
+    parser.add_argument("--version", action=_PrintAction, text="version",
+                        help="print the solver's version and exit (VNN-LIB 2.0 §5.2)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:

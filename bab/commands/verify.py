@@ -1,4 +1,9 @@
-"""``bab verify MODEL.onnx PROP.vnnlib``: one instance, VNN-COMP results file, one-line verdict."""
+"""``bab verify MODEL.onnx PROP.vnnlib``: one instance, VNN-COMP results file, one-line verdict.
+
+With ONE positional argument, ``bab verify QUERY.vnnlib --network NAME=FILE.onnx ...`` is the
+VNN-LIB 2.0 standard form (chapter 5 of the standard, :mod:`bab.standard_query`); two
+positionals are always the VNN-COMP form above (docs/cli_standard.md).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bab.commands.common import add_config_args, config_from_args
+from bab.commands.resume import add_checkpoint_args, checkpoint_from_args
 
 GRACE_S = 1.0  # the watchdog fires this long after the deadline, well inside the 2 s allowed
 
@@ -19,11 +25,18 @@ def register(sub: Any) -> None:
     """Add the ``verify`` sub-command."""
     p = sub.add_parser("verify", help="verify one ONNX network against one VNN-LIB property",
                        description="Falsify, then bound; writes a VNN-COMP results file.")
-    p.add_argument("model", help="network (.onnx or .onnx.gz)")
-    p.add_argument("property", help="property (.vnnlib)")
+    p.add_argument("model", metavar="MODEL.onnx|QUERY.vnnlib",
+                   help="network (.onnx or .onnx.gz); alone: a VNN-LIB query (standard form)")
+    p.add_argument("property", nargs="?", metavar="PROP.vnnlib",
+                   help="property (.vnnlib); absent: the VNN-LIB 2.0 standard form")
+    p.add_argument("--network", action="append", metavar="NAME=FILE.onnx",
+                   help="standard form: the ONNX file of a declared network (repeatable)")
+    p.add_argument("--serialise-assignments", "--assignments", metavar="DIR", default=None,
+                   help="standard form: write a sat assignment as DIR/NAME.pb TensorProtos")
     p.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds (hard)")
     p.add_argument("--results-file", default=None, help="VNN-COMP results file to write")
     add_config_args(p)
+    add_checkpoint_args(p)
     p.set_defaults(func=run, fast_exit=True)
 
 
@@ -76,18 +89,42 @@ def results_text(result: Any) -> str:
     return text
 
 
+def standard_form(args: argparse.Namespace) -> bool:
+    """One positional: the standard form; two: the VNN-COMP form (options checked to match)."""
+    from bab.cli import BadInput
+
+    if args.property is None:
+        if args.results_file:
+            raise BadInput("--results-file belongs to the form `bab verify MODEL.onnx PROP.vnnlib`")
+        return True
+    if args.network or args.serialise_assignments:
+        raise BadInput("--network/--serialise-assignments belong to the standard form "
+                       "`bab verify QUERY.vnnlib --network NAME=FILE.onnx` (one positional)")
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one instance; the timeout counts from process start."""
     from bab.cli import PROCESS_START
 
+    if standard_form(args):
+        from bab.standard_query import run_standard
+
+        return run_standard(args)
     cfg = config_from_args(args)
     timeout = cfg.verify.timeout if args.timeout is None else args.timeout
     label = f"{Path(args.model).name} {Path(args.property).name}"
+    ckpt = checkpoint_from_args(args, cfg)  # None without --checkpoint
+    start = PROCESS_START - (ckpt.elapsed_before if ckpt is not None else 0.0)  # resumed: time spent counts
     writer = ResultWriter(args.results_file)
-    watchdog = start_watchdog(writer, timeout, PROCESS_START, label)
+    watchdog = start_watchdog(writer, timeout, start, label)
     from bab.api import verify
+    from bab.checkpoint import verify_resumable
 
-    result = verify(args.model, args.property, cfg, timeout=timeout, start=PROCESS_START)
+    if ckpt is None:
+        result = verify(args.model, args.property, cfg, timeout=timeout, start=start)
+    else:
+        result = verify_resumable(args.model, args.property, cfg, ckpt, timeout, start)
     watchdog.cancel()
     if writer.write(results_text(result)):
         how = f"  [{result.stats.proved_by}]" if result.stats.proved_by else ""
