@@ -67,7 +67,13 @@ def cut_at(data: bytes, tensor: str, label: str) -> Network:
 
     from onnx_models.convert import convert_model
 
-    model = parse_model(data, label)
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(parse_model(data, label))
+    known = {v.name for v in list(model.graph.value_info) + list(model.graph.output)}
+    if tensor not in known:  # no inferred type: the input's element type, unknown shape
+        elem = model.graph.input[0].type.tensor_type.elem_type
+        model.graph.value_info.append(onnx.helper.make_tensor_value_info(tensor, elem, None))
     sub = Extractor(model).extract_model([_input_name(model)], [tensor])
     return convert_model(sub.SerializeToString(), label)
 
