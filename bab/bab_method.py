@@ -69,7 +69,10 @@ def decide_regions(pipeline: Any, strategy: str,
     """One BaB run per region (``run(pipeline, region, index)``): ``sat`` on the first
     replayed counterexample, ``unsat`` only when every region is, statistics summed."""
     totals = BabStats(strategy=strategy)
+    ckpt = getattr(pipeline, "checkpoint", None)  # bab.checkpoint.Checkpointer (resumable runs)
     for index, region in enumerate(pipeline.spec.regions):
+        if ckpt is not None and not ckpt.enter_region(index, totals):
+            continue  # a resumed run finished this region before
         outcome, stats = run(pipeline, region, index)
         _merge(totals, stats)
         totals.extra.update(stats.extra)
@@ -97,6 +100,11 @@ def run_input_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome,
         return BabOutcome("unknown", reason=str(exc)), BabStats(strategy="input-split")
     names = cfg.input_portfolio.split("+") if cfg.input_branching == "auto" else [cfg.input_branching]
     engines = {name: _input_engine(pipeline, problem, name) for name in names}
+    ckpt = getattr(pipeline, "checkpoint", None)
+    if ckpt is not None:
+        ckpt.attach_problem(problem)
+        for name, engine in engines.items():
+            ckpt.attach_engine(name, engine)
     totals = BabStats(strategy="input-split")
     winner = ""
     try:

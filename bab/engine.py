@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from bab.result import Counterexample
@@ -96,6 +96,7 @@ class Engine:
         self.leaf_solver = leaf_solver
         self.stats = BabStats()
         self._store: DomainStore | None = None
+        self.on_step: Callable[[], None] | None = None  # called between steps (checkpoints)
 
     def _timed(self, attr: str, fn: Callable[[], Any]) -> Any:
         t0 = time.monotonic()
@@ -120,9 +121,30 @@ class Engine:
             while outcome is None and (target is None or self.stats.domains_visited < target):
                 left = None if target is None else target - self.stats.domains_visited
                 outcome = self._step(left)
+                if outcome is None and self.on_step is not None:
+                    self.on_step()
             return outcome
         finally:
             self.stats.elapsed += time.monotonic() - t0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The search state between steps: every attribute of the domain store (its batch as
+        a dict of tensors) and the statistics; ``store`` is ``None`` before the first step."""
+        store = None
+        if self._store is not None:
+            store = {k: (dict(v.fields) if isinstance(v, TensorBatch) else v) for k, v in vars(self._store).items()}
+        return {"store": store, "stats": {f.name: getattr(self.stats, f.name) for f in fields(self.stats)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (the roots are not bounded again)."""
+        if state.get("store") is not None:
+            store = DomainStore(state["store"].get("order", self.opts.order))
+            for name, value in state["store"].items():
+                setattr(store, name, TensorBatch(dict(value)) if name == "batch" else value)
+            self._store = store
+        for name, value in state.get("stats", {}).items():
+            if hasattr(self.stats, name):
+                setattr(self.stats, name, value)
 
     def _start(self) -> BabOutcome | None:
         """Attack and bound the roots into a fresh store."""

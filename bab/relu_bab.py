@@ -133,6 +133,9 @@ def run_relu_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, 
     problem = ReluSplitProblem(net, region, index, bounder, pipeline.replay,
                                problem_options(cfg, pipeline.deadline.remaining()), pipeline.deadline.check, leaf)
     problem.remaining = pipeline.deadline.remaining
+    ckpt = getattr(pipeline, "checkpoint", None)  # resumable runs: restores the roots, store and stats
+    if ckpt is not None:
+        ckpt.attach_problem(problem)
     name = _opt(cfg.bab, "relu_branching", "fsb")
     brancher = get_relu_brancher(name, k=_opt(cfg.bab, "fsb_candidates", 3)) if name == "fsb" else get_relu_brancher(name)
     t0 = time.monotonic()
@@ -145,6 +148,8 @@ def run_relu_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, 
     engine.stats.strategy = "relu-split"
     engine.stats.extra.update(branching=name, batch_size=batch, max_domains=max_domains,
                               root_time=time.monotonic() - t0)
+    if ckpt is not None:
+        ckpt.attach_engine("relu-split", engine)
     try:
         outcome = engine.run()
         if outcome.verdict == "unknown" and outcome.reason:
