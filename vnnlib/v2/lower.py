@@ -23,7 +23,7 @@ from vnnlib.spec import Clause, Region, Spec
 from vnnlib.v2 import ast
 from vnnlib.v2.layout import Layout, NetworkUse, Part
 from vnnlib.v2.linear import Atom, Conjunct, Linearizer, NotLinear, product
-from vnnlib.v2.typecheck import FLOAT_TYPES, CheckedQuery, Symbol
+from vnnlib.v2.typecheck import FLOAT_TYPES, CheckedQuery
 
 _INF = float("inf")
 
