@@ -36,7 +36,7 @@ from bab.bounding.multi_neuron.hull import JointRows, joint_rows, octagon_direct
 from bab.bounding.multi_neuron.octagon import octagons
 from bab.bounding.polyhedra.crown import Crown, Sweep, prepare
 from encoders.decide import dispatcher_for, prove_eps
-from encoders.encoding import Encoding, ReluBlock, encode, float64_network
+from encoders.encoding import Encoding, ReluBlock, UnsupportedNetwork, encode, float64_network
 from encoders.extra_rows import add_rows
 from encoders.lp import solve_value
 from encoders.model import LinearModel, lower
@@ -129,7 +129,10 @@ class KRelu:
             sweep = crown.sweep(net, dom)
         budget = s.time_limit * dom.size
         start = time.monotonic()
-        plans = [self._plan(net, dom, sweep, i, s) for i in range(dom.size)]
+        try:
+            plans = [self._plan(net, dom, sweep, i, s) for i in range(dom.size)]
+        except UnsupportedNetwork as exc:  # Exp, Sin, Floor, ...: not an LP
+            raise BounderRefusal(f"krelu: {exc}") from exc
         rows = self._joint_rows(net, sweep, plans, s, start + GEN_SHARE * budget)
         disp = dispatcher_for(solver)
         out = []
