@@ -1,8 +1,9 @@
 """Run a VNN-COMP instance list, one verifier process per instance, and score the answers.
 
 Pure pieces (reading lists and expected answers, judging, scoring, summaries) are plain
-functions over dataclasses; :func:`run_bench` adds the subprocesses. Nothing here prints:
-callers get progress through the ``on_start`` / ``on_done`` callbacks.
+functions over dataclasses; :func:`run_bench` adds the subprocesses, run by an executor of
+:mod:`bab.executors` (threads here, or Ray tasks). Nothing here prints: callers get progress
+through the ``on_start`` / ``on_done`` callbacks.
 
 Scoring follows VNN-COMP 2021 (vnncomp.md §6): a correct ``sat`` or ``unsat`` earns 10
 points, a wrong answer -100, anything else 0. There is no time bonus: that bonus ranks tools
@@ -33,9 +34,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 RESULT_WORDS = ("sat", "unsat", "unknown", "timeout", "error")
 CSV_COLUMNS = (
@@ -84,6 +85,7 @@ class BenchRow:
     witness_ok: bool | None = None  # None: not a sat answer
     timeout_s: float = 0.0
     detail: str = ""
+    output: str = field(default="", repr=False)  # the results file (verdict, witness); not in the CSV
 
     @property
     def solved(self) -> bool:
@@ -327,6 +329,42 @@ def write_results_csv(rows: Iterable[BenchRow], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def read_results_csv(path: str | Path) -> list[BenchRow]:
+    """Rows of a results CSV written by :func:`write_results_csv` (``expected`` as written;
+    lines cut short or malformed are skipped). A missing file has no rows."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for rec in csv.DictReader(fh):
+            try:
+                witness = {"": None, "yes": True, "no": False}[rec["witness_ok"]]
+                rows.append(BenchRow(rec["benchmark"], rec["onnx"], rec["vnnlib"], rec["result"],
+                                     float(rec["time_s"]), rec["expected"], witness,
+                                     float(rec["timeout_s"]), rec["detail"] or ""))
+            except (KeyError, ValueError, TypeError):
+                continue
+    return [r for r in rows if r.result in RESULT_WORDS]
+
+
+def finished_rows(instances: Sequence[Instance], rows: Iterable[BenchRow],
+                  expected: dict[tuple[str, str, str], str]) -> dict[int, BenchRow]:
+    """Index -> earlier row of every instance that ``rows`` already hold (matched by key, in
+    order for repeated keys); ``expected`` is refreshed from the current table."""
+    by_key: dict[tuple[str, str, str], list[BenchRow]] = {}
+    for row in rows:
+        by_key.setdefault(expected_key(row.benchmark, row.onnx, row.vnnlib), []).append(row)
+    done: dict[int, BenchRow] = {}
+    for index, inst in enumerate(instances):
+        queue = by_key.get(inst.key)
+        if queue:
+            row = queue.pop(0)
+            row.expected = expected.get(inst.key, "")
+            done[index] = row
+    return done
+
+
 # ------------------------------------------------------------------------------ processes
 
 
@@ -471,7 +509,7 @@ def run_instance(
         if not first.strip():
             row.detail = "empty or missing results file"
             return row
-        row.result = normalise_result(first)
+        row.result, row.output = normalise_result(first), text
         if row.result == "error":
             row.detail = f"result line {first.strip()[:80]!r}"
     if row.result == "sat":
@@ -490,6 +528,23 @@ class BenchOptions:
     timeout_cap: float | None = None
     jobs: int = 1
     grace_s: float = GRACE_S
+    executor: Any = None  # a bab.executors.Executor; None: jobs threads here
+
+
+@dataclass
+class InstanceTask:
+    """``run_instance`` for one ``(instance, expected answer)`` item (picklable for Ray when
+    ``registry`` is ``None``: a remote task then tracks its own process)."""
+
+    command_factory: CommandFactory
+    timeout_cap: float | None
+    grace_s: float
+    registry: ProcessRegistry | None = None
+
+    def __call__(self, item: tuple[Instance, str]) -> BenchRow:
+        inst, expected = item
+        return run_instance(inst, self.command_factory, timeout_cap=self.timeout_cap,
+                            expected=expected, grace_s=self.grace_s, registry=self.registry)
 
 
 def run_bench(
@@ -498,44 +553,35 @@ def run_bench(
     *,
     on_start: Callable[[int, Instance], None] | None = None,
     on_done: Callable[[int, BenchRow], None] | None = None,
+    finished: dict[int, BenchRow] | None = None,
 ) -> list[BenchRow]:
-    """Run every instance (``options.jobs`` at a time); rows come back in list order.
+    """Run every instance not in ``finished`` (index -> earlier row, kept as is) with the
+    options' executor (default: ``options.jobs`` threads); rows come back in list order.
 
     Callbacks get the instance's index and are called under a lock (one at a time). On an
     exception or ``KeyboardInterrupt`` every running verifier process group is killed.
     """
+    from bab.executors import ThreadExecutor
+
     opts = options or BenchOptions()
-    registry = ProcessRegistry()
-    lock = threading.Lock()
-    rows: list[BenchRow | None] = [None] * len(instances)
+    done = dict(finished or {})
+    todo = [i for i in range(len(instances)) if i not in done]
+    executor = opts.executor
+    registry = None
+    if executor is None:
+        registry = ProcessRegistry()
+        executor = ThreadExecutor(opts.jobs, cancel=registry.kill_all)
+    task = InstanceTask(opts.command_factory, opts.timeout_cap, opts.grace_s, registry)
+    items = [(instances[i], opts.expected.get(instances[i].key, "")) for i in todo]
 
-    def work(index: int) -> None:
-        inst = instances[index]
-        if registry.stopped:
-            return
+    def started(k: int) -> None:
         if on_start is not None:
-            with lock:
-                on_start(index, inst)
-        row = run_instance(inst, opts.command_factory, timeout_cap=opts.timeout_cap,
-                           expected=opts.expected.get(inst.key, ""), grace_s=opts.grace_s,
-                           registry=registry)
-        rows[index] = row
-        if on_done is not None:
-            with lock:
-                on_done(index, row)
+            on_start(todo[k], instances[todo[k]])
 
-    pool = ThreadPoolExecutor(max_workers=opts.jobs) if opts.jobs > 1 else None
-    try:
-        if pool is None:
-            for index in range(len(instances)):
-                work(index)
-        else:
-            for future in [pool.submit(work, i) for i in range(len(instances))]:
-                future.result()
-    except BaseException:
-        registry.kill_all()  # before the pool waits for its running workers
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return [r for r in rows if r is not None]
+    def finished_one(k: int, row: BenchRow) -> None:
+        done[todo[k]] = row
+        if on_done is not None:
+            on_done(todo[k], row)
+
+    executor.run(task, items, on_start=started, on_done=finished_one)
+    return [done[i] for i in range(len(instances)) if i in done]

@@ -2,7 +2,11 @@
 
 Progress goes to stderr (a rich progress bar on a terminal, one line per instance otherwise),
 then a per-network table (stderr) and exactly one summary line on stdout. Exit code 0 when
-no answer was wrong, 1 otherwise, 2 for bad input.
+no answer was wrong, 1 otherwise, 2 for bad input (or ``--executor ray`` without Ray).
+
+``--executor process`` (default) runs ``--jobs`` verifier processes here; ``--executor ray``
+runs every instance as a Ray task (docs/cluster.md). Both give the same rows; ``--output``
+is rewritten as rows finish, and ``--resume`` keeps the rows it already holds.
 """
 
 from __future__ import annotations
@@ -33,8 +37,20 @@ def register(sub: Any) -> None:
                    help="expected answers: benchmark,onnx,vnnlib,timeout,expected[,note]")
     p.add_argument("--output", default=None, metavar="RESULTS.csv",
                    help="write one CSV row per instance (updated as instances finish)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="instances run in parallel (default 1)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="instances run in parallel (default 1; with --executor ray: a local "
+                        "cluster of N tasks' CPUs, or at most N tasks at once on --address)")
+    p.add_argument("--executor", choices=("process", "ray"), default="process",
+                   help="process: verifier processes here (default); ray: one Ray task each")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --executor ray: an existing cluster (auto, ray://host:port, "
+                        "host:port); default: start a local one")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="passed to `bab verify --device`; with ray, cuda tasks ask for one GPU")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows --output already holds and run only the others")
+    p.add_argument("--results-dir", default=None, metavar="DIR",
+                   help="keep every instance's results file (verdict and witness) in DIR")
     p.add_argument("--extra-args", default="", metavar='"..."',
                    help="extra arguments appended to every `bab verify` call")
     p.set_defaults(func=run)
@@ -50,6 +66,7 @@ class Reporter:
         self.progress: Any = None
         self.task: Any = None
         self.output: Path | None = None
+        self.results_dir: Path | None = None
 
     def __enter__(self) -> "Reporter":
         if self.console.is_terminal:
@@ -91,10 +108,12 @@ class Reporter:
         self.rows[index] = row
         if self.output is not None:
             write_results_csv([self.rows[i] for i in sorted(self.rows)], self.output)
+        if self.results_dir is not None and row.output:
+            (self.results_dir / result_name(index, row)).write_text(row.output, encoding="utf-8")
         mark = " WRONG" if row.correct == "no" else ""
         why = f" ({row.detail[:160]})" if row.correct == "no" or row.result == "error" else ""
         if self.progress is not None:
-            self.progress.update(self.task, advance=1, counts=self.counts())
+            self.progress.update(self.task, completed=len(self.rows), counts=self.counts())
             if why:
                 self.progress.console.print(f"{row.result}{mark}: {row.onnx} {row.vnnlib}{why}",
                                             markup=False, highlight=False)
@@ -123,29 +142,85 @@ def network_table(rows: list[Any]) -> Any:
     return table
 
 
+def result_name(index: int, row: Any) -> str:
+    """The file name of an instance's kept results file (list position, network, property)."""
+    stem = "_".join(Path(p).name.split(".")[0] for p in (row.onnx, row.vnnlib))
+    return f"{index + 1:04d}_{stem}.txt"
+
+
 def _options(args: argparse.Namespace) -> Any:
     """Bench options from the command line (raises ``BenchInputError`` on bad values)."""
     from bab.bench import BenchInputError, BenchOptions, read_expected, verify_command
 
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise BenchInputError("--jobs must be at least 1")
     if args.timeout_cap is not None and not args.timeout_cap > 0:
         raise BenchInputError("--timeout-cap must be positive")
+    if args.resume and not args.output:
+        raise BenchInputError("--resume needs --output (the results CSV to continue)")
+    if args.address and args.executor != "ray":
+        raise BenchInputError("--address needs --executor ray")
     try:
         extra = shlex.split(args.extra_args)
     except ValueError as exc:
         raise BenchInputError(f"--extra-args: {exc}") from None
+    if args.device:
+        extra += ["--device", args.device]
     expected = read_expected(args.expected) if args.expected else {}
-    extra = share_cores(list(extra), args.jobs)
+    executor = None
+    if args.executor == "ray":
+        extra, executor = ray_executor(list(extra), args)
+    else:
+        extra = share_cores(list(extra), args.jobs or 1)
     return BenchOptions(command_factory=verify_command(args.method, extra), expected=expected,
-                        timeout_cap=args.timeout_cap, jobs=args.jobs)
+                        timeout_cap=args.timeout_cap, jobs=args.jobs or 1, executor=executor)
+
+
+def task_threads(extra: list[str]) -> int | None:
+    """The ``verify.threads`` value the extra arguments set (the last one), else ``None``."""
+    found = None
+    for arg in extra:
+        if arg.startswith("verify.threads="):
+            found = arg.split("=", 1)[1]
+    if found is None:
+        return None
+    try:
+        return int(found)
+    except ValueError:
+        from bab.bench import BenchInputError
+
+        raise BenchInputError(f"bad verify.threads value {found!r}") from None
+
+
+def ray_executor(extra: list[str], args: argparse.Namespace) -> tuple[list[str], Any]:
+    """The extra arguments (one torch thread per task unless set) and the Ray executor:
+    every task asks for as many CPUs as its threads, and one GPU with ``--device cuda``."""
+    from bab.bench import BenchInputError
+    from bab.executors import ExecutorUnavailable, RayExecutor, require_ray
+
+    try:
+        require_ray()
+    except ExecutorUnavailable as exc:
+        raise BenchInputError(f"--executor ray: {exc}") from None
+    threads = task_threads(extra)
+    if threads is None:
+        threads, extra = 1, [*extra, "--set", "verify.threads=1"]
+    if threads < 1:
+        raise BenchInputError("--executor ray needs verify.threads >= 1 (each task asks for "
+                              "that many CPUs)")
+    gpus = 1 if args.device == "cuda" else 0
+    local = None if args.address or args.jobs is None else args.jobs * threads
+    return extra, RayExecutor(address=args.address, num_cpus=threads, num_gpus=gpus,
+                              local_cpus=local, max_in_flight=args.jobs if args.address else None)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the list; print the table (stderr) and the summary line (stdout)."""
     from rich.console import Console
 
-    from bab.bench import BenchInputError, read_instances, run_bench, summarise
+    from bab.bench import (BenchInputError, finished_rows, read_instances, read_results_csv,
+                           run_bench, summarise)
+    from bab.executors import ExecutorUnavailable
 
     console = Console(stderr=True)
     if not console.is_terminal:  # a log file: no need to wrap at 80 columns
@@ -155,13 +230,23 @@ def run(args: argparse.Namespace) -> int:
         options = _options(args)
         if args.output:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        if args.results_dir:
+            Path(args.results_dir).mkdir(parents=True, exist_ok=True)
+        done = (finished_rows(instances, read_results_csv(args.output), options.expected)
+                if args.resume else {})
     except (BenchInputError, OSError) as exc:
         print(f"bab bench: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     with Reporter(len(instances), console) as reporter:
         reporter.output = Path(args.output) if args.output else None
-        rows = run_bench(instances, options, on_start=reporter.on_start,
-                         on_done=reporter.on_done)
+        reporter.results_dir = Path(args.results_dir) if args.results_dir else None
+        reporter.rows.update(done)
+        try:
+            rows = run_bench(instances, options, on_start=reporter.on_start,
+                             on_done=reporter.on_done, finished=done)
+        except ExecutorUnavailable as exc:
+            print(f"bab bench: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     console.print(network_table(rows))
     summary = summarise(rows)
     print(summary.line(), flush=True)
