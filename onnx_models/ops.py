@@ -13,6 +13,8 @@ from typing import Any, Callable
 import torch
 
 from onnx_models import layers as L
+from onnx_models import ops_graph as G
+from onnx_models import ops_unary as U
 from onnx_models.translate import Builder, Call, Value, dense_affine
 
 Handler = Callable[[Builder, Call], Value]
@@ -46,16 +48,17 @@ def activation(layer_cls: type[L.Layer]) -> Handler:
     return handle
 
 
-def function(b: Builder, c: Call) -> Value:
-    """``OnnxFunction``: only Tanh is a supported activation."""
-    if c.module.function is not torch.tanh:
-        raise b.error(f"{c.name}: elementwise function {c.module.function.__name__} is not supported")
-    return _same_layout(b, c, L.Tanh(), _single_input(b, c))
-
-
 def identity(b: Builder, c: Call) -> Value:
     """Identity/Dropout (eval): the input itself."""
     return _single_input(b, c)
+
+
+def cast(b: Builder, c: Call) -> Value:
+    """Cast to the tensor's own floating type (a no-op); other casts are not supported."""
+    v = _single_input(b, c)
+    if c.out.dtype != torch.as_tensor(c.concrete[0]).dtype:
+        raise b.error(f"{c.name}: Cast of an input-dependent tensor to {c.out.dtype} is not supported")
+    return v
 
 
 def reshape(b: Builder, c: Call) -> Value:
@@ -116,8 +119,11 @@ def gemm(b: Builder, c: Call) -> Value:
 
 
 def matmul(b: Builder, c: Call) -> Value:
-    """``OnnxMatMul`` with one constant 2-D operand: ``x @ W`` or ``W @ x`` on a vector."""
+    """``OnnxMatMul``: ``x @ W`` or ``W @ x`` on a vector (Linear), two input-dependent
+    operands (MatMul layer), else an exact dense affine map."""
     pos = c.var_positions()
+    if len(pos) == 2:
+        return G.matmul_two(b, c)
     if pos == [0] and torch.as_tensor(c.concrete[1]).dim() == 2 and _vector_sample(c.args[0]):
         return _linear_out(b, c, c.args[0], torch.as_tensor(c.concrete[1]).T, None)
     if (pos == [1] and torch.as_tensor(c.concrete[0]).dim() == 2 and len(c.args[1].full) == 1):
@@ -140,13 +146,13 @@ def binary(b: Builder, c: Call) -> Value:
     if len(pos) == 2:
         return _binary_two(b, c, op)
     (p,) = pos
-    v: Value = c.args[p]
-    if tuple(c.out.shape) != v.full:
-        return dense_affine(b, c)
     const = c.concrete[1 - p]
     if c.module.broadcast == 1 and c.module.axis is not None and p == 0:
         from onnx2torch.utils.common import old_style_broadcast
         const = old_style_broadcast(c.concrete[0], torch.as_tensor(const), c.module.axis)
+    v: Value = b.expand(c.args[p], tuple(c.out.shape), c.name + "/expand")
+    if op == "Div" and p == 1:  # k / x = k * (1 / x)
+        v, op, p = b.unary(L.Reciprocal(), v, c.name + "/reciprocal"), "Mul", 0
     k = _sample_const(b, const, v)
     one, zero = torch.ones((), dtype=b.dtype), torch.zeros((), dtype=b.dtype)
     if op == "Add":
@@ -155,27 +161,14 @@ def binary(b: Builder, c: Call) -> Value:
         scale, shift = (one, -k) if p == 0 else (-one, k)
     elif op == "Mul":
         scale, shift = k, zero
-    elif p == 0:
-        scale, shift = 1.0 / k, zero
     else:
-        raise b.error(f"{c.name}: division by an input-dependent tensor is not supported")
+        scale, shift = 1.0 / k, zero
     return _same_layout(b, c, L.ElementwiseAffine(scale, shift), v)
 
 
 def _binary_two(b: Builder, c: Call, op: str) -> Value:
-    """Add/Sub of two input-dependent tensors of the same shape."""
-    x, y = c.args[0], c.args[1]
-    if op not in ("Add", "Sub"):
-        raise b.error(f"{c.name}: {op} of two input-dependent tensors is not supported (nonlinear)")
-    if x.full != y.full or tuple(c.out.shape) != x.full:
-        raise b.error(f"{c.name}: {op} of input-dependent tensors with shapes {list(x.full)} and "
-                      f"{list(y.full)} (broadcasting) is not supported")
-    if x.batched != y.batched:
-        x, y = b.reshape(x, x.full, False, c.name + "/a"), b.reshape(y, y.full, False, c.name + "/b")
-    if op == "Sub":
-        neg = L.ElementwiseAffine(-torch.ones((), dtype=b.dtype), torch.zeros((), dtype=b.dtype))
-        y = b.emit(neg, [y], y.full, y.batched, c.name + "/neg")
-    return b.emit(L.Add(), [x, y], x.full, x.batched, c.name)
+    """Two input-dependent operands (see :func:`onnx_models.ops_graph.binary_two`)."""
+    return G.binary_two(b, c, op)
 
 
 def conv(b: Builder, c: Call) -> Value:
@@ -252,8 +245,8 @@ def _pads(b: Builder, c: Call) -> tuple[list[int], float, str]:
 def pad(b: Builder, c: Call) -> Value:
     """Constant Pad (never on the batch axis)."""
     pads, value, mode = _pads(b, c)
-    if mode != "constant":
-        raise b.error(f"{c.name}: Pad mode {mode!r} is not supported")
+    if mode != "constant":  # reflect/edge/wrap: each output entry is an input entry
+        return G.select(b, c)
     v = _single_input(b, c)
     if v.batched and len(pads) // 2 >= len(v.full):
         if any(pads[2 * (len(v.full) - 1):]):
@@ -289,35 +282,22 @@ def max_pool(b: Builder, c: Call) -> Value:
     return b.emit(layer, [v], tuple(c.out.shape), True, c.name)
 
 
-def _bn_layer(b: Builder, v: Value, weight: Any, bias: Any, mean: Any, var: Any,
-              eps: float) -> L.ElementwiseAffine:
-    """Inference batch norm as a per-channel affine map on the sample."""
-    mean64 = torch.as_tensor(mean).double()
-    var64 = torch.as_tensor(var).double()
-    w64 = torch.ones_like(mean64) if weight is None else torch.as_tensor(weight).double()
-    b64 = torch.zeros_like(mean64) if bias is None else torch.as_tensor(bias).double()
-    scale = w64 / torch.sqrt(var64 + eps)
-    shift = b64 - mean64 * scale
-    shape = (-1,) + (1,) * (len(v.sample) - 1)
-    return L.ElementwiseAffine(b.tensor(scale.reshape(shape)), b.tensor(shift.reshape(shape)))
-
-
 def batch_norm(b: Builder, c: Call) -> Value:
-    """``nn.BatchNorm{1,2,3}d`` in eval mode."""
+    """``nn.BatchNorm{1,2,3}d`` in eval mode: a per-channel ElementwiseAffine (folded later)."""
     m = c.module
     if m.running_mean is None:
         raise b.error(f"{c.name}: BatchNormalization without running statistics is not supported")
-    v = b.to_batched(_single_input(b, c), c.name + "/batch")
-    layer = _bn_layer(b, v, m.weight, m.bias, m.running_mean, m.running_var, float(m.eps))
-    return b.emit(layer, [v], tuple(c.out.shape), True, c.name)
+    v = _single_input(b, c)
+    layer = G.bn_layer(b, v, m.weight, m.bias, m.running_mean, m.running_var, float(m.eps))
+    return b.emit(layer, [v], tuple(c.out.shape), v.batched, c.name)
 
 
 def onnx_batch_norm(b: Builder, c: Call) -> Value:
-    """``OnnxBatchNorm`` (statistics computed in the graph)."""
-    v = b.to_batched(_single_input(b, c), c.name + "/batch")
+    """``OnnxBatchNorm`` (statistics computed in the graph or any layout), constant statistics."""
+    v = _single_input(b, c)
     w, bias, mean, var = c.concrete[1:5]
-    layer = _bn_layer(b, v, w, bias, mean, var, float(c.module.epsilon))
-    return b.emit(layer, [v], tuple(c.out.shape), True, c.name)
+    layer = G.bn_layer(b, v, w, bias, mean, var, float(c.module.epsilon))
+    return b.emit(layer, [v], tuple(c.out.shape), v.batched, c.name)
 
 
 def sequential(b: Builder, c: Call) -> Value:
@@ -336,22 +316,38 @@ def sequential(b: Builder, c: Call) -> Value:
 
 HANDLERS: dict[str, Handler] = {
     "ReLU": activation(L.ReLU), "Sigmoid": activation(L.Sigmoid), "Tanh": activation(L.Tanh),
-    "OnnxFunction": function,
+    "OnnxFunction": U.function, "OnnxRound": U.function, "OnnxSqrt": U.function,
+    "OnnxReciprocal": U.function, "OnnxNeg": U.neg, "OnnxPow": U.power,
+    "LeakyReLU": U.leaky_relu, "OnnxClip": U.clip_module, "ReLU6": U.clip_module,
+    "Hardtanh": U.clip_module, "OnnxHardSigmoid": U.hard_sigmoid, "OnnxMinMax": U.min_max,
     "OnnxCopyIdentity": identity, "Identity": identity, "Dropout": identity,
-    "OnnxDropoutDynamic": identity,
+    "OnnxDropoutDynamic": identity, "OnnxCast": cast,
     "Flatten": reshape, "OnnxFlatten": reshape, "OnnxReshape": reshape,
     "OnnxSqueezeStaticAxes": reshape, "OnnxSqueezeDynamicAxes": reshape,
     "OnnxUnsqueezeStaticAxes": reshape, "OnnxUnsqueezeDynamicAxes": reshape,
     "OnnxTranspose": transpose,
     "Linear": linear, "OnnxGemm": gemm, "OnnxMatMul": matmul, "OnnxBinaryMathOperation": binary,
     "Conv2d": conv, "Conv1d": conv1d, "MaxPool1d": pool1d, "AvgPool1d": pool1d,
+    "ConvTranspose2d": G.conv_transpose, "ConvTranspose1d": G.conv_transpose,
     "OnnxPadStatic": pad, "OnnxPadDynamic": pad,
     "AvgPool2d": avg_pool, "MaxPool2d": max_pool,
     "BatchNorm1d": batch_norm, "BatchNorm2d": batch_norm, "BatchNorm3d": batch_norm,
     "OnnxBatchNorm": onnx_batch_norm, "Sequential": sequential,
+    "OnnxSlice": G.select, "OnnxSliceV9": G.select, "OnnxGather": G.select,
+    "OnnxGatherElements": G.select, "OnnxGatherND": G.select, "OnnxSplit": G.select,
+    "OnnxSplit13": G.select, "OnnxExpand": G.select, "OnnxTile": G.select,
+    "OnnxResize": G.select, "OnnxResizeV10": G.select, "OnnxWhere": G.select,
+    "OnnxDepthToSpace": G.select, "OnnxConcat": G.concat,
+    "OnnxReduceSumStaticAxes": G.reduce, "OnnxReduceSumDynamicAxes": G.reduce,
+    "OnnxReduceStaticAxes": G.reduce,
+    "Softmax": G.softmax, "OnnxSoftmaxV1V11": G.softmax,
+    "LayerNorm": G.layer_norm, "OnnxLayerNorm": G.layer_norm,
 }
 
 
 def handler_for(module: Any) -> Handler | None:
     """The handler for an onnx2torch module, or None when the op is not supported."""
     return HANDLERS.get(type(module).__name__)
+
+
+G.install_converters()

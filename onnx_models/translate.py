@@ -10,6 +10,7 @@ tensor without its batch axis).
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ import torch
 from torch import fx
 
 from onnx_models.errors import OnnxModelError
-from onnx_models.layers import Layer, Linear, Node, Reshape
+from onnx_models.layers import ElementwiseAffine, Gather, Layer, Linear, Node, Reshape
 
 #: Largest dense matrix (entries) the generic affine fallback may build.
 MAX_DENSE_ENTRIES = 1 << 24
@@ -93,6 +94,36 @@ class Builder:
             raise self.error(f"{name}: needs a leading batch axis of size 1, got shape {list(v.full)}")
         return self.reshape(v, v.full, True, name)
 
+    def expand(self, v: Value, full: tuple[int, ...], name: str) -> Value:
+        """``v`` broadcast (numpy rules) to ONNX shape ``full``: a Gather, or ``v`` itself."""
+        full = tuple(full)
+        if v.full == full:
+            return v
+        idx = torch.arange(numel(v.full)).reshape(v.full)
+        try:
+            idx = torch.broadcast_to(idx, full).reshape(-1).clone()
+        except RuntimeError as exc:
+            raise self.error(f"{name}: cannot broadcast shape {list(v.full)} to {list(full)}") from exc
+        batched = self.default_batched(full)
+        if idx.numel() == numel(v.full):  # only size-1 axes added or removed: a view
+            return self.reshape(v, full, batched, name)
+        target = Value(v.index, full, batched)
+        return self.emit(Gather(idx, target.sample), [v], full, batched, name)
+
+    def same_view(self, vs: list[Value], name: str) -> list[Value]:
+        """Values of one ONNX shape, all viewed with the same batch flag (multi-input layers)."""
+        batched = all(v.batched for v in vs)
+        return [self.reshape(v, v.full, batched, f"{name}/view{i}") for i, v in enumerate(vs)]
+
+    def affine(self, v: Value, scale: Any, shift: Any, name: str) -> Value:
+        """``v * scale + shift`` (scalars, or tensors broadcasting against ``v.sample``)."""
+        layer = ElementwiseAffine(self.tensor(scale), self.tensor(shift))
+        return self.emit(layer, [v], v.full, v.batched, name)
+
+    def unary(self, layer: Layer, v: Value, name: str) -> Value:
+        """A shape-preserving one-input layer on ``v``."""
+        return self.emit(layer, [v], v.full, v.batched, name)
+
     def tensor(self, t: Any) -> torch.Tensor:
         """A constant as a detached tensor in the network dtype."""
         return torch.as_tensor(t).detach().to(self.dtype).clone()
@@ -100,6 +131,26 @@ class Builder:
     def error(self, message: str) -> OnnxModelError:
         """An OnnxModelError naming the model."""
         return OnnxModelError(f"{self.model_name}: {message}")
+
+
+@dataclass
+class Multi:
+    """A multi-output op (Split) on input-dependent tensors; each ``getitem`` of it is
+    translated by the op's handler on a :class:`Call` whose module picks that output."""
+
+    call: Call
+    handler: Callable[[Builder, Call], Value]
+
+
+@dataclass(frozen=True)
+class Item:
+    """``module(...)[index]``: one output of a multi-output module, as a callable."""
+
+    module: Any
+    index: int
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)[self.index]
 
 
 def dense_affine(b: Builder, c: Call) -> Value:
@@ -161,7 +212,7 @@ def walk(gm: fx.GraphModule, sample: torch.Tensor, b: Builder,
          handler_for: Callable[[Any], Callable[[Builder, Call], Value] | None]) -> tuple[Value, torch.Tensor]:
     """Execute and translate every node; returns the output value and its concrete tensor."""
     env: dict[fx.Node, Any] = {}
-    sym: dict[fx.Node, Value] = {}
+    sym: dict[fx.Node, Value | Multi] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             env[node] = sample
@@ -172,8 +223,8 @@ def walk(gm: fx.GraphModule, sample: torch.Tensor, b: Builder,
             continue
         if node.op == "output":
             result = node.args[0]
-            if not isinstance(result, fx.Node) or result not in sym:
-                raise b.error("the graph output does not depend on the input")
+            if not isinstance(result, fx.Node) or not isinstance(sym.get(result), Value):
+                raise b.error("the graph output does not depend on the input (or is not one tensor)")
             return sym[result], env[result]
         args = fx.node.map_arg(node.args, lambda n: env[n])
         kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
@@ -200,7 +251,11 @@ def _translate(node: fx.Node, module: Any, env: dict, sym: dict, b: Builder,
     def pick(n: fx.Node) -> Any:
         return sym.get(n, env[n])
 
+    if node.op == "call_function" and module is operator.getitem and isinstance(sym.get(node.args[0]), Multi):
+        return _item(node, sym[node.args[0]], env[node], b)
     args = list(fx.node.map_arg(node.args, pick))
+    if any(isinstance(a, Multi) for a in args):
+        raise b.error(f"{node.name}: a multi-output op feeds a node other than its item selection")
     kwargs = dict(fx.node.map_arg(node.kwargs, lambda n: env[n]))
     kw_nodes: list[fx.Node] = []
     fx.node.map_arg(node.kwargs, lambda n: kw_nodes.append(n) or n)
@@ -208,16 +263,50 @@ def _translate(node: fx.Node, module: Any, env: dict, sym: dict, b: Builder,
         raise b.error(f"{node.name}: input-dependent keyword arguments are not supported")
     out = env[node]
     kind = type(module).__name__ if node.op == "call_module" else getattr(module, "__name__", str(module))
-    if not isinstance(out, torch.Tensor):
-        raise b.error(f"{node.name}: {kind} does not produce a single tensor")
     handler = handler_for(module) if node.op == "call_module" else None
     if handler is None:
         raise b.error(f"operation {kind} ({node.name}) on an input-dependent tensor is not supported")
     concrete = [env[a] if isinstance(a, fx.Node) else a for a in node.args]
     call = Call(module, args, kwargs, concrete, out, node.name)
+    if isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):
+        return Multi(call, handler)
+    if not isinstance(out, torch.Tensor):
+        raise b.error(f"{node.name}: {kind} does not produce a single tensor")
     return handler(b, call)
+
+
+def _item(node: fx.Node, multi: Multi, out: Any, b: Builder) -> Value:
+    """Translate ``multi[i]`` with the multi-output op's handler."""
+    index = node.args[1]
+    if not isinstance(index, int) or not isinstance(out, torch.Tensor):
+        raise b.error(f"{node.name}: unsupported selection from a multi-output op")
+    c = multi.call
+    return multi.handler(b, Call(Item(c.module, index), c.args, c.kwargs, c.concrete, out, node.name))
 
 
 def numel(shape: tuple[int, ...]) -> int:
     """Number of elements of a shape."""
     return math.prod(shape)
+
+
+def agrees_up_to_rounding(network: Any, gm: fx.GraphModule, sample: torch.Tensor,
+                          ref: torch.Tensor, rel_tol: float = 1e-4, factor: float = 8.0) -> bool:
+    """Whether float32 ``network`` matches the onnx2torch module's output ``ref`` on ``sample``
+    within ``rel_tol`` plus ``factor`` times the module's own float32 rounding error (its
+    float32 output against its float64 output), for models whose outputs cancel badly.
+    A conversion error is O(1), far above that noise."""
+    import copy
+
+    try:
+        gm64 = copy.deepcopy(gm).double()
+        with torch.no_grad():
+            exact = gm64(sample.double())
+            got = network.forward(sample.reshape(1, -1)).double().reshape(-1)
+    except Exception:  # a module that cannot run in float64
+        return False
+    want = ref.detach().double().reshape(-1)
+    if not isinstance(exact, torch.Tensor) or exact.numel() != want.numel() or got.numel() != want.numel():
+        return False
+    exact = exact.double().reshape(-1)
+    noise = float(((want - exact).abs() / (1 + exact.abs())).max())
+    return bool(torch.all((got - want).abs() <= (rel_tol + factor * noise) * (1 + want.abs())))
