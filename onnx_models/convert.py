@@ -20,7 +20,7 @@ from onnx_models.folding import fold
 from onnx_models.layers import Reshape
 from onnx_models.network import Network, OnnxIO
 from onnx_models.source import parse_model
-from onnx_models.translate import Builder, walk
+from onnx_models.translate import Builder, agrees_up_to_rounding, walk
 from onnx_models.validate import GraphIO, check_ops, concrete_shape, graph_io, has_batch_dim
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -152,16 +152,21 @@ def build_network(gm: "fx.GraphModule", gio: GraphIO, name: str, source: str = "
     nodes = fold(b.nodes, out.index, input_shape)
     io = OnnxIO(gio.input_name, full, gio.input_dtype, gio.output_name, tuple(ref.shape), batch)
     network = Network(nodes, input_shape, out.sample, io, source, dtype)
-    _self_check(network, sample, ref, name)
+    _self_check(network, sample, ref, name, gm)
     return network
 
 
-def _self_check(network: Network, sample: torch.Tensor, ref: torch.Tensor, name: str) -> None:
-    """The network must reproduce the onnx2torch module on the sample input."""
+def _self_check(network: Network, sample: torch.Tensor, ref: torch.Tensor, name: str,
+                gm: "fx.GraphModule | None" = None) -> None:
+    """The network must reproduce the onnx2torch module on the sample input (up to the
+    module's own float32 rounding error for badly conditioned outputs:
+    :func:`onnx_models.translate.agrees_up_to_rounding`)."""
     with torch.no_grad():
         got = network.forward(sample.reshape(1, -1)).double().reshape(-1)
     want = ref.detach().double().reshape(-1)
     tol = 1e-4 if network.dtype == torch.float32 else 1e-9
     if got.shape != want.shape or not torch.all((got - want).abs() <= tol * (1 + want.abs())):
+        if got.shape == want.shape and gm is not None and agrees_up_to_rounding(network, gm, sample, ref):
+            return
         raise OnnxModelError(f"{name}: internal conversion error, the converted network disagrees "
                              "with onnx2torch on a sample input")
