@@ -34,6 +34,8 @@ from bab.bounding.balls import ball_kwargs, project, region_ball
 from bab.bounding.base import Domains
 from bab.bounding.polyhedra.beta import BetaCrown, BetaState
 from bab.bounding.polyhedra.crown import plan_for
+from bab.bounding.polyhedra.relax import UNARY
+from bab.bounding.polyhedra.sshape import SSHAPED, default_t, remap_t, sshape_data
 from bab.result import Counterexample
 from bab.store import TensorBatch
 from onnx_models import layers as L
@@ -41,6 +43,7 @@ from onnx_models.network import Network
 from vnnlib.spec import Region
 
 HAIR = 1e-3  # refutations with less relative slack than this are re-checked in float64
+MIN_WIDTH = 1e-4  # non-ReLU neurons with a narrower pre-activation interval are not split
 
 
 @dataclass
@@ -88,7 +91,9 @@ class ReluSplitProblem:
         self.plan = plan_for(network)
         nodes = network.nodes
         self.relus = [i for i, n in enumerate(nodes) if isinstance(n.layer, L.ReLU) and n.inputs[0] >= 0]
-        self.pre = {r: nodes[r].inputs[0] for r in self.relus}
+        self.nonrelu = [i for i, n in enumerate(nodes) if type(n.layer) in UNARY and n.inputs[0] >= 0]
+        self.tangents = [i for i in self.nonrelu if isinstance(nodes[i].layer, SSHAPED)]
+        self.pre = {r: nodes[r].inputs[0] for r in self.relus + self.nonrelu}
         self.stats: dict[str, Any] = {"infeasible": 0, "hair_rechecks": 0, "attack_candidates": 0,
                                       "bound_calls": 0, "adam_steps": 0,
                                       "lp_leaves": 0, "milp_leaves": 0}
@@ -98,7 +103,8 @@ class ReluSplitProblem:
         self._roots: TensorBatch | None = None
         self._times = {"refined": 0.0, "plain": 0.0, "milp": 0.0}
         self._t0 = time.monotonic()
-        self.branchable: list[int] = []
+        self.branchable: list[int] = []  # ReLUs with an unstable neuron at the root (phases)
+        self.shaped: list[int] = []  # other elementwise nonlinearities to split (interval clips)
         self.stored: list[int] = []
 
     def _clause_tensors(self, kw: dict) -> None:
@@ -134,7 +140,8 @@ class ReluSplitProblem:
         self.check_time()
         boxes = res.intermediate or {}
         self.branchable = [r for r in self.relus if bool(_unstable(*boxes[self.pre[r]]).any())]
-        self.stored = sorted({self.pre[r] for r in self.branchable} | set(self.plan.crown_nodes))
+        self.shaped = [r for r in self.nonrelu if bool(_wide(*boxes[self.pre[r]]).any())]
+        self.stored = sorted({self.pre[r] for r in self.branchable + self.shaped} | set(self.plan.crown_nodes))
         batch = TensorBatch({"root": torch.arange(K, device=self.device),
                              "depth": torch.zeros(K, dtype=torch.long, device=self.device),
                              "split": torch.full((K,), -1, dtype=torch.long, device=self.device),
@@ -155,13 +162,32 @@ class ReluSplitProblem:
                 alpha[:] = (hi >= -lo).to(alpha).reshape(1, 1, *shape)
             batch[f"al{r}"] = alpha
             batch[f"be{r}"] = torch.zeros(K, M, *shape, dtype=self.dtype, device=self.device)
+        for r in self.shaped:
+            shape = tuple(self.net.nodes[r].out_shape)
+            batch[f"ph{r}"] = torch.zeros(K, *shape, dtype=torch.int8, device=self.device)
+            batch[f"be{r}"] = torch.zeros(K, M, 2, *shape, dtype=self.dtype, device=self.device)
+        for r in self.tangents:
+            got = res.state.alphas.get(("final", r)) if res.state is not None else None
+            batch[f"al{r}"] = self._root_tangents(r, boxes[self.pre[r]], got, owner, K, M)
         batch["unstable"] = self._count_unstable(batch)
         return batch
 
+    def _root_tangents(self, r: int, box: tuple[torch.Tensor, torch.Tensor], got: torch.Tensor | None,
+                       owner: torch.Tensor, K: int, M: int) -> torch.Tensor:
+        """Tangent points ``[K, M, 2, *shape]`` of the Sigmoid/Tanh node ``r`` per clause row:
+        the root's optimised ones, else those of the default lines."""
+        t = default_t(sshape_data(type(self.net.nodes[r].layer), *box)).to(self.dtype)
+        out = t.unsqueeze(1).expand(K, M, *t.shape[1:]).clone()
+        if got is not None:
+            out[owner[:, 0], owner[:, 1]] = got[0].to(out)
+        return out
+
     def _alpha_elements(self) -> int:
         """Upper estimate of the intermediate slopes optimised at the root."""
-        numel = self.plan.numel
-        return sum(2 * numel[s] * sum(numel[r] for r in self.plan.relus_before[s]) for s in self.plan.crown_nodes)
+        numel, plan = self.plan.numel, self.plan
+        return sum(2 * numel[s] * (sum(numel[r] for r in plan.relus_before[s])
+                                   + sum(2 * numel[r] for r in plan.shaped_before.get(s, ())))
+                   for s in plan.crown_nodes)
 
     def bytes_per_domain(self, batch: TensorBatch) -> int:
         """Memory one stored domain takes."""
@@ -174,7 +200,7 @@ class ReluSplitProblem:
         n, dt = len(batch), dtype or self.dtype
         root = batch["root"]
         return Domains(self.lower.expand(n, -1).to(dt), self.upper.expand(n, -1).to(dt), self.C[root].to(dt),
-                       {r: batch[f"ph{r}"] for r in self.branchable}, **self._ball_kw(n, dt))
+                       {r: batch[f"ph{r}"] for r in self.split_nodes}, **self._ball_kw(n, dt))
 
     def _ball_kw(self, n: int, dtype: torch.dtype) -> dict[str, Any]:
         """``Domains`` keyword arguments of the region's ball for ``n`` domains."""
@@ -195,8 +221,8 @@ class ReluSplitProblem:
                 pad = widen * (1.0 + lo.abs() + hi.abs())
                 lo, hi = lo.double() - pad, hi.double() + pad
             boxes[j] = (lo, hi)
-        return BetaState({r: batch[f"al{r}"] for r in self.branchable}, {r: batch[f"be{r}"] for r in self.branchable},
-                         boxes, refine, self.d[batch["root"]])
+        return BetaState({r: batch[f"al{r}"] for r in self.branchable + self.tangents},
+                         {r: batch[f"be{r}"] for r in self.split_nodes}, boxes, refine, self.d[batch["root"]])
 
     def _refine(self, batch: TensorBatch) -> set[int] | None:
         """CROWN-refined nodes: those above the earliest split of the batch (per the option)."""
@@ -233,9 +259,12 @@ class ReluSplitProblem:
         res = self.bounder.run(self.net, self.domains_of(batch), self.state_of(batch, nodes), primal=self.opts.attack)
         for j in self.stored:
             batch[f"lo{j}"], batch[f"hi{j}"] = res.boxes[j][0].to(self.dtype), res.boxes[j][1].to(self.dtype)
-        for r in self.branchable:
+        for r in self.branchable + self.tangents:
             if r in res.alphas:
                 batch[f"al{r}"] = res.alphas[r].detach().to(self.dtype)
+            if r in res.betas:
+                batch[f"be{r}"] = res.betas[r].detach().to(self.dtype)
+        for r in self.shaped:
             if r in res.betas:
                 batch[f"be{r}"] = res.betas[r].detach().to(self.dtype)
         self.stats["bound_calls"] += 1
@@ -284,6 +313,9 @@ class ReluSplitProblem:
             j = self.pre[r]
             u = _unstable(batch[f"lo{j}"], batch[f"hi{j}"]) & (batch[f"ph{r}"] == 0)
             total += u.flatten(1).sum(1)
+        for r in self.shaped:
+            j = self.pre[r]
+            total += _wide(batch[f"lo{j}"], batch[f"hi{j}"]).flatten(1).sum(1)
         return total
 
     # --- attacks -----------------------------------------------------------------------------
@@ -349,8 +381,8 @@ class ReluSplitProblem:
         return batch.select(~leaf), batch.select(leaf)
 
     def _milp_allowed(self) -> bool:
-        if self.leaf_solver is None or self.opts.milp_unstable <= 0:
-            return False
+        if self.leaf_solver is None or self.opts.milp_unstable <= 0 or self.shaped:
+            return False  # (the exact encoders take ReLU networks only)
         return self._times["milp"] <= self.opts.milp_share * (time.monotonic() - self._t0)
 
     def decide_leaves(self, leaves: TensorBatch) -> tuple[Any, ...]:
@@ -398,9 +430,14 @@ class ReluSplitProblem:
         self.stats[key] = self.stats.get(key, 0) + 1
         return res
 
+    @property
+    def split_nodes(self) -> list[int]:
+        """Every node the brancher may split: the branchable ReLUs, then the other nonlinearities."""
+        return self.branchable + self.shaped
+
     def locate(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global neuron indices -> (position in ``branchable``, neuron index inside that ReLU)."""
-        sizes = torch.tensor([math.prod(self.net.nodes[r].out_shape) for r in self.branchable], device=flat.device)
+        """Global neuron indices -> (position in ``split_nodes``, neuron index inside that node)."""
+        sizes = torch.tensor([math.prod(self.net.nodes[r].out_shape) for r in self.split_nodes], device=flat.device)
         ends = sizes.cumsum(0)
         which = torch.searchsorted(ends, flat, right=True)
         return which, flat - (ends - sizes)[which]
@@ -419,8 +456,40 @@ class ReluSplitProblem:
             ph.view(len(batch), -1)[rows[sel], local[sel]] = sign
             out[f"ph{r}"] = ph
             split[sel] = r
+        for w, r in enumerate(self.shaped, len(self.branchable)):
+            sel = which == w
+            if bool(sel.any()):
+                self._clip(out, r, rows[sel], local[sel], sign)
+                split[sel] = r
         out["split"] = split
         return out
+
+    def _clip(self, out: TensorBatch, r: int, rows: torch.Tensor, local: torch.Tensor, sign: int) -> None:
+        """Clip neuron ``local`` of node ``r``'s pre-activation box in domains ``rows`` to the part
+        above (``sign`` +1) or below (-1) its split point. The box is a sound interval of the
+        parent, so the clip is a constraint of the child: the two children cover the parent, and
+        every bound of the child (intermediate and final) is computed from the clipped box."""
+        j = self.pre[r]
+        n = len(out)
+        lo, hi = out[f"lo{j}"].clone(), out[f"hi{j}"].clone()
+        l, u = lo.view(n, -1)[rows, local], hi.view(n, -1)[rows, local]
+        s = split_point(type(self.net.nodes[r].layer), l, u)
+        if sign > 0:
+            lo.view(n, -1)[rows, local] = s
+        else:
+            hi.view(n, -1)[rows, local] = s
+        out[f"lo{j}"], out[f"hi{j}"] = lo, hi
+        ph = out[f"ph{r}"].clone()  # bit 1: the lower end is a split constraint, bit 2: the upper
+        ph.view(n, -1)[rows, local] |= 1 if sign > 0 else 2
+        out[f"ph{r}"] = ph
+        if r in self.tangents:  # keep the parent's tangent points where the child allows them
+            kind, al = type(self.net.nodes[r].layer), out[f"al{r}"].clone()
+            flat = al.view(n, al.shape[1], 2, -1)
+            old = flat[rows, :, :, local]  # [k, M, 2]
+            cl, cu = lo.view(n, -1)[rows, local], hi.view(n, -1)[rows, local]
+            flat[rows, :, :, local] = remap_t(kind, l[:, None], u[:, None], cl[:, None], cu[:, None],
+                                              old[..., None])[..., 0].to(al)
+            out[f"al{r}"] = al
 
     def split(self, batch: TensorBatch, brancher: Any) -> TensorBatch:
         """Two children per domain (active, inactive) on the neuron the brancher picks."""
@@ -449,6 +518,14 @@ class ReluSplitProblem:
                 lA = torch.zeros_like(lo)
             free = (batch[f"ph{r}"].reshape(n, -1) == 0) & _unstable(lo, hi)
             out.append({"relu": r, "lo": lo, "hi": hi, "unstable": free, "lA": lA, "bias": self._bias(j)})
+        for r in self.shaped:
+            j, n = self.pre[r], len(batch)
+            lo, hi = batch[f"lo{j}"].reshape(n, -1), batch[f"hi{j}"].reshape(n, -1)
+            parts = sw.captured.get(r)
+            lA = (torch.cat(parts, 1).reshape(n, valid.shape[1], -1) * valid[:, :, None]).sum(1) if parts \
+                else torch.zeros_like(lo)
+            out.append({"node": r, "layer": self.net.nodes[r].layer, "lo": lo, "hi": hi,
+                        "unstable": _wide(lo, hi), "lA": lA, "bias": None})
         return out
 
     def _bias(self, j: int) -> torch.Tensor | None:
@@ -480,3 +557,17 @@ class ReluSplitProblem:
 
 def _unstable(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return (lo < 0) & (hi > 0)
+
+
+def _wide(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Neurons of a non-ReLU nonlinearity still worth splitting (interval wider than ``MIN_WIDTH``)."""
+    return (hi - lo) > MIN_WIDTH
+
+
+def split_point(kind: type, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Where a non-ReLU neuron with pre-activation interval ``[l, u]`` is split: the inflection
+    point 0 of an s-shaped function when it lies inside, else the midpoint."""
+    mid = (l + u) / 2
+    if kind in SSHAPED:
+        return torch.where((l < 0) & (u > 0), torch.zeros_like(mid), mid)
+    return mid

@@ -1,4 +1,10 @@
-"""ReLU-split Branchers: which unstable neuron each domain splits on.
+"""Branchers of activation-split BaB: which neuron each domain splits on.
+
+The candidates are the free unstable ReLU neurons and the neurons of every other elementwise
+nonlinearity (Sigmoid, Tanh, ``relax.UNARY``) whose pre-activation interval is still wide; one
+score ranks them all, so networks mixing ReLU and other activations use one search. Non-ReLU
+parts of ``branch_data`` carry their ``layer`` and are scored by :func:`shaped_scores` (the
+relaxation gap removed by the split, times ``|lA|``) in every filter below.
 
 Each brancher has ``name`` and ``choose(problem, batch) -> LongTensor [N]`` of global neuron
 indices (the branchable ReLUs' neurons concatenated, see
@@ -31,10 +37,54 @@ def _masked(score: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
     return torch.where(free, score, torch.full_like(score, NEG))
 
 
+GRID = 16  # points per interval for the mean relaxation gap of non-ReLU neurons
+
+
+def _line_gap(layer: Any, l: torch.Tensor, u: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """Mean distance on ``[l, u]`` (``[N, n]``) between ``f`` and its relaxation line, the lower
+    line where ``lower`` is true, else the upper one (float64, on a grid of ``GRID`` points)."""
+    from bab.bounding.polyhedra.relax import UNARY
+
+    r = UNARY[type(layer)](layer, l, u)
+    squeeze = lambda t: t.reshape(l.shape).double()
+    w = torch.where(lower, squeeze(r.lw), squeeze(r.uw))
+    b = torch.where(lower, squeeze(r.lb), squeeze(r.ub))
+    k = (torch.arange(GRID, dtype=torch.float64, device=l.device) + 0.5) / GRID
+    x = l.double().unsqueeze(-1) + k * (u - l).double().unsqueeze(-1)
+    fx = layer.forward(x.to(l.dtype)).double()
+    gap = torch.where(lower.unsqueeze(-1), fx - (w.unsqueeze(-1) * x + b.unsqueeze(-1)),
+                      (w.unsqueeze(-1) * x + b.unsqueeze(-1)) - fx)
+    return gap.clamp(min=0).mean(-1)
+
+
+def shaped_scores(part: dict[str, Any]) -> torch.Tensor:
+    """``[N, n]`` estimated bound gain of splitting each neuron of a non-ReLU nonlinearity:
+    ``|lA|`` times the drop of the mean gap between ``f`` and the line the bound uses (the lower
+    line where ``lA >= 0``, else the upper one), from the parent's interval to the two children's
+    (weighted by their widths); the BaBSR idea with the relaxation's area in place of the
+    ReLU triangle's intercept."""
+    from bab.relu_split import split_point
+
+    layer, lo, hi, lA = part["layer"], part["lo"], part["hi"], part["lA"]
+    free = part["unstable"]
+    l = torch.where(free, lo, torch.zeros_like(lo)).double()
+    u = torch.where(free, hi, torch.ones_like(hi)).double()
+    s = split_point(type(layer), l, u).clamp(l, u)
+    lower = lA >= 0
+    whole = _line_gap(layer, l, u, lower)
+    left, right = _line_gap(layer, l, s, lower), _line_gap(layer, s, u, lower)
+    width = (u - l).clamp(min=1e-30)
+    gain = whole - ((s - l) * left + (u - s) * right) / width
+    return _masked((lA.abs().double() * gain.clamp(min=0)).to(lo.dtype), free)
+
+
 def babsr_scores(data: list[dict[str, torch.Tensor]]) -> torch.Tensor:
     """``[N, total]`` BaBSR scores (``-inf`` on neurons that cannot be split)."""
     out = []
     for part in data:
+        if "layer" in part:
+            out.append(shaped_scores(part))
+            continue
         lo, hi, lA, free = part["lo"], part["hi"], part["lA"], part["unstable"]
         l, u = lo.clamp(max=0), hi.clamp(min=0)
         s = u / (u - l).clamp(min=1e-12)
@@ -53,6 +103,9 @@ def intercept_scores(data: list[dict[str, torch.Tensor]]) -> torch.Tensor:
     """``[N, total]`` intercept-only scores (the second FSB filter)."""
     out = []
     for part in data:
+        if "layer" in part:
+            out.append(shaped_scores(part))
+            continue
         lo, hi, lA, free = part["lo"], part["hi"], part["lA"], part["unstable"]
         l, u = lo.clamp(max=0), hi.clamp(min=0)
         score = (-l) * u / (u - l).clamp(min=1e-12) * (-lA).clamp(min=0)

@@ -10,7 +10,9 @@ With ``optimize_intermediate=True`` the slopes used inside the intermediate-boun
 optimised too (keys ``(node_idx, relu_idx)``, one slope per intermediate row), through the
 gradient of the final bound; each iterate's intermediate bounds are intersected with CROWN's.
 That re-runs every intermediate pass per iteration, so it is off by default (turn it on for
-small networks). Sigmoid/Tanh/MaxPool relaxations stay fixed.
+small networks). Sigmoid/Tanh tangent points are optimised the same way (one pair of points per
+neuron, row and domain, ``[N, rows, 2, *shape]``, see :mod:`bab.bounding.polyhedra.sshape`);
+MaxPool relaxations stay fixed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from bab.bounding.base import Bounds, Domains
 from bab.bounding.polyhedra.crown import Crown, Sweep, exact_matmul, prepare
+from bab.bounding.polyhedra.sshape import default_t
 from onnx_models.network import Network
 
 
@@ -80,6 +83,8 @@ class AlphaCrown(Crown):
                 if old is not None and same_sel and old.shape == init.shape:
                     init = old.to(init)
                 alphas[(key, r)] = init.detach().clone().clamp(0.0, 1.0).requires_grad_(True)
+            for r in plan.shaped_before.get(start, ()):
+                alphas.update(_shaped_init(base, key, r, rows, state))
         return alphas
 
     def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
@@ -160,6 +165,21 @@ class AlphaCrown(Crown):
                 mask = improved.any(1, keepdim=True).expand(p.shape[0], p.shape[1])
             mask = mask.reshape(*mask.shape, *([1] * (p.dim() - 2)))
             saved[key] = torch.where(mask, p.detach(), saved[key])
+
+
+def _shaped_init(base: Sweep, key: Any, r: int, rows: int, state: AlphaState | None) -> dict[Any, torch.Tensor]:
+    """Tangent points ``[N, rows, 2, *shape]`` of the Sigmoid/Tanh node ``r`` for pass ``key``
+    (the warm start when its shape matches, else the default lines' points)."""
+    data = base.shaped(r)
+    if not data.optimisable:
+        return {}
+    t0 = default_t(data)
+    init = t0.unsqueeze(1).expand(t0.shape[0], rows, *t0.shape[1:])
+    old = None if state is None else state.alphas.get((key, r))
+    same_sel = key == "final" or (state is not None and _same(state.sels.get(key), base.sels[key]))
+    if old is not None and same_sel and old.shape == init.shape:
+        init = old.to(init)
+    return {(key, r): init.detach().clone().clamp(0.0, 1.0).requires_grad_(True)}
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor) -> bool:

@@ -7,7 +7,9 @@ right-hand side (with the fixed neurons replaced by the identity / zero map) is 
 bound of ``g``; the multipliers enter the backward pass as ``-beta s`` added to the coefficient
 of ``z_j`` (one multiplier per split neuron, domain and spec row). ``beta`` and the ReLU lower
 slopes ``alpha`` are optimised jointly by projected Adam (``beta >= 0``, ``alpha in [0, 1]``),
-warm-started from the parent's values; the best iterate per row is kept.
+warm-started from the parent's values; the best iterate per row is kept. Sigmoid/Tanh tangent
+points (:mod:`bab.bounding.polyhedra.sshape`) are optimised with the slopes (same projection
+onto ``[0, 1]``, keyed by the node like the ReLU slopes).
 
 Intermediate bounds: the domain brings its parent's boxes (``BetaState.boxes``, intersected
 with every recomputed interval, so children never lose tightness); the nodes listed in
@@ -31,6 +33,8 @@ from bab.bounding.base import Bounds, Domains
 from bab.bounding.polyhedra.crown import Crown, Interval, Sweep, exact_matmul, plan_for, prepare
 from bab.bounding.interval.ibp import RULES as IBP_RULES
 from bab.bounding.interval.ibp import apply_phase
+from bab.bounding.polyhedra.relax import UNARY
+from bab.bounding.polyhedra.sshape import SSHAPED, default_t
 from onnx_models import layers as L
 from onnx_models.network import Network
 
@@ -82,6 +86,33 @@ def _relu_beta(ctx: Any, idx: int, layer: L.Layer, A: torch.Tensor) -> tuple[lis
             beta = beta[:, ctx.rows]
         outs = [outs[0] - beta * phase.unsqueeze(1).to(beta.dtype)]
     return outs, bias
+
+
+def _capturing(rule: Callable[..., Any]) -> Callable[..., Any]:
+    """``rule`` of a non-ReLU elementwise nonlinearity plus split multipliers on its clipped
+    pre-activation: a domain whose phase mask has bit 1 (2) constrains ``z >= lo`` (``z <= hi``)
+    with ``[lo, hi]`` its input box, so for ``beta >= 0`` the bound of
+    ``g - beta_lo (z - lo) - beta_hi (hi - z)`` is a lower bound of ``g`` on the domain. The
+    final pass also records the coefficient on the node's output when the sweep captures (the
+    brancher's ``lA``)."""
+    def wrapped(ctx: Any, idx: int, layer: L.Layer, A: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
+        outs, bias = rule(ctx, idx, layer, A)
+        sw = ctx.sweep
+        if ctx.key != "final" or not isinstance(sw, BetaSweep):
+            return outs, bias
+        if sw.capture:
+            sw.captured.setdefault(idx, []).append(A.detach())
+        beta, mask = sw.betas.get(idx), sw.domains.phases.get(idx)
+        if beta is None or mask is None:
+            return outs, bias
+        if ctx.rows is not None:
+            beta = beta[:, ctx.rows]
+        lo, hi = ctx.box(idx)
+        b_lo = beta[:, :, 0] * ((mask & 1) != 0).unsqueeze(1).to(beta.dtype)
+        b_hi = beta[:, :, 1] * ((mask & 2) != 0).unsqueeze(1).to(beta.dtype)
+        const = (b_lo * lo.unsqueeze(1) - b_hi * hi.unsqueeze(1)).flatten(2).sum(-1)
+        return [outs[0] - b_lo + b_hi], const if bias is None else bias + const
+    return wrapped
 
 
 @dataclass
@@ -168,6 +199,10 @@ class BetaCrown(Crown):
         self.iterations, self.lr_alpha, self.lr_beta, self.lr_decay = iterations, lr_alpha, lr_beta, lr_decay
         self.patience, self.tol, self.time_limit = patience, tol, time_limit
         self.rules.register(L.ReLU)(_relu_beta)
+        for kind in list(UNARY):  # the brancher reads their output coefficients too
+            rule = self.rules._rules.get(kind)
+            if rule is not None:
+                self.rules.register(kind)(_capturing(rule))
 
     def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
         """The Bounder protocol: optimised lower bounds; ``state`` a :class:`BetaState`."""
@@ -227,7 +262,15 @@ class BetaCrown(Crown):
         N, M = sw.domains.C.shape[:2]
         alphas, betas = {}, {}
         for r, node in enumerate(sw.network.nodes):
+            if isinstance(node.layer, SSHAPED) and r in sw.plan.shaped_before.get(len(sw.network.nodes) - 1, ()):
+                t = _shaped_t(sw, r, state.alphas.get(r), M, requires_grad)
+                if t is not None:
+                    alphas[r] = t
             if not isinstance(node.layer, L.ReLU):
+                if type(node.layer) in UNARY:
+                    b = _clip_beta(sw, r, state.betas.get(r), M, requires_grad)
+                    if b is not None:
+                        betas[r] = b
                 continue
             data = sw.relu(r)
             shape = (N, M, *data.lw.shape[1:])
@@ -334,6 +377,34 @@ class BetaCrown(Crown):
             sw.final(sw.domains.C, "final")
             sw.alphas, sw.betas, sw.capture = {}, {}, False
             return torch.cat(sw.primal, 1)
+
+
+def _shaped_t(sw: BetaSweep, r: int, old: torch.Tensor | None, M: int,
+              requires_grad: bool) -> torch.Tensor | None:
+    """Tangent points ``[N, M, 2, *shape]`` of the Sigmoid/Tanh node ``r`` (warm start when its
+    shape matches, else the default lines' points); ``None`` when no line is a tangent."""
+    data = sw.shaped(r)
+    if not data.optimisable:
+        return None
+    t0 = default_t(data)
+    shape = (t0.shape[0], M, *t0.shape[1:])
+    t = old.to(t0) if old is not None and tuple(old.shape) == shape else t0.unsqueeze(1).expand(shape)
+    return t.detach().clone().clamp(0.0, 1.0).requires_grad_(requires_grad)
+
+
+def _clip_beta(sw: BetaSweep, r: int, old: torch.Tensor | None, M: int,
+               requires_grad: bool) -> torch.Tensor | None:
+    """Multipliers ``[N, M, 2, *shape]`` of the clipped pre-activation of non-ReLU node ``r``
+    (warm start when its shape matches, else zeros); ``None`` when nothing is clipped."""
+    mask = sw.domains.phases.get(r)
+    if mask is None or not bool((mask != 0).any()):
+        return None
+    N = mask.shape[0]
+    like = sw.domains.lower
+    shape = (N, M, 2, *mask.shape[1:])
+    b = old.to(like) if old is not None and tuple(old.shape) == shape else torch.zeros(shape, dtype=like.dtype, device=like.device)
+    on = torch.stack([(mask & 1) != 0, (mask & 2) != 0], 1).unsqueeze(1)
+    return (b * on).detach().clone().clamp(min=0.0).requires_grad_(requires_grad)
 
 
 def _all_infeasible(dom: Domains, boxes: list[Interval], bad: torch.Tensor) -> BetaResult:

@@ -37,6 +37,7 @@ from bab.bounding.polyhedra.relax import (POLICIES, UNARY, MaxPoolRelax, Relax, 
                                           SlopePolicy, is_nonlinear, maxpool_relax, relu_data,
                                           relu_relax)
 from bab.bounding.polyhedra import graph_ops  # noqa: F401  (registers the general-graph rules)
+from bab.bounding.polyhedra.sshape import SSHAPED, SShapeData, sshape_data, sshape_relax
 from onnx_models import layers as L
 from onnx_models.network import Network
 
@@ -56,6 +57,7 @@ class Plan:
     relus_before: dict[int, list[int]]
     numel: list[int]
     need: set[int] = field(default_factory=set)  # every node feeding a nonlinear layer
+    shaped_before: dict[int, list[int]] = field(default_factory=dict)  # same, s-shaped nodes
 
 
 def _ancestors(network: Network) -> list[set[int]]:
@@ -96,8 +98,10 @@ def make_plan(network: Network) -> Plan:
     anc = _ancestors(network)
     relus = [i for i, n in enumerate(nodes) if isinstance(n.layer, L.ReLU)]
     before = {s: [r for r in relus if r in anc[s] or r == s] for s in range(len(nodes))}
+    shaped = [i for i, n in enumerate(nodes) if isinstance(n.layer, SSHAPED) and n.inputs[0] >= 0]
+    shaped_before = {s: [r for r in shaped if r in anc[s] or r == s] for s in range(len(nodes))}
     return Plan([[shape(j) for j in n.inputs] for n in nodes], crown, relu_only, before,
-                [math.prod(n.out_shape) for n in nodes], need)
+                [math.prod(n.out_shape) for n in nodes], need, shaped_before)
 
 
 _PLANS: "weakref.WeakKeyDictionary[Network, Plan]" = weakref.WeakKeyDictionary()
@@ -204,6 +208,7 @@ class Sweep:
     boxes: list[Interval] = field(default_factory=list)
     _cache: dict[int, Any] = field(default_factory=dict)
     _mask: dict[int, torch.Tensor] = field(default_factory=dict)
+    _shape: dict[int, SShapeData] = field(default_factory=dict)
 
     def input_box(self, idx: int, k: int = 0) -> Interval:
         """Interval of input ``k`` of node ``idx`` (ReLU inputs clipped by phases)."""
@@ -249,9 +254,18 @@ class Sweep:
             if alpha is not None and rows is not None:
                 alpha = alpha[:, rows]
             return relu_relax(self.relu(idx), alpha)
+        alpha = self.alphas.get((key, idx)) if self.alphas else None
+        if alpha is not None and isinstance(layer, SSHAPED):
+            return sshape_relax(self.shaped(idx), alpha if rows is None else alpha[:, rows])
         if idx not in self._cache:
             self._cache[idx] = UNARY[type(layer)](layer, *self.input_box(idx))
         return self._cache[idx]
+
+    def shaped(self, idx: int) -> SShapeData:
+        """Cached tangent-point ranges of the Sigmoid/Tanh node ``idx`` (optimisable lines)."""
+        if idx not in self._shape:
+            self._shape[idx] = sshape_data(type(self.network.nodes[idx].layer), *self.input_box(idx))
+        return self._shape[idx]
 
     def maxpool(self, idx: int) -> MaxPoolRelax:
         """Cached max-pool relaxation of node ``idx``."""
