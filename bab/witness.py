@@ -15,7 +15,6 @@ within 1e-4.
 
 from __future__ import annotations
 
-import gzip
 import math
 import re
 from pathlib import Path
@@ -110,10 +109,10 @@ def parse_witness(text: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_model_bytes(onnx_path: str | Path) -> bytes:
-    """The model file's bytes, gunzipped for ``.gz`` paths."""
-    path = Path(onnx_path)
-    data = path.read_bytes()
-    return gzip.decompress(data) if path.suffix == ".gz" else data
+    """The model file's bytes, gunzipped for ``.gz`` paths, external tensor data embedded."""
+    from onnx_models.source import read_model_bytes
+
+    return read_model_bytes(onnx_path)
 
 
 def run_onnx(onnx_path: str | Path, x: np.ndarray) -> np.ndarray:

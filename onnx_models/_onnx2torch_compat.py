@@ -13,6 +13,7 @@ minimal stub ``torchvision`` / ``torchvision.ops`` in ``sys.modules`` whose func
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import types
 from typing import Any
@@ -41,7 +42,11 @@ def _install_torchvision_stub() -> None:
     tv.__doc__ = "Stub installed by onnx_models._onnx2torch_compat (real import failed)."
     tv.__path__ = []  # mark as a package so ``torchvision.ops`` resolves
     tv.__version__ = "0.0.0+stub"
+    # a spec, so importlib.util.find_spec works on the stub (torch.onnx's dynamo exporter
+    # calls it and logs a traceback per torchvision op when it raises)
+    tv.__spec__ = importlib.machinery.ModuleSpec("torchvision", None, is_package=True)
     ops = types.ModuleType("torchvision.ops")
+    ops.__spec__ = importlib.machinery.ModuleSpec("torchvision.ops", None)
     for name in _STUB_FUNCTIONS:
         setattr(ops, name, _unavailable(name))
     tv.ops = ops
@@ -56,12 +61,18 @@ def _drop_onnx2torch() -> None:
 
 
 def import_onnx2torch() -> types.ModuleType:
-    """Return the ``onnx2torch`` module, stubbing ``torchvision`` if it cannot load."""
+    """Return the ``onnx2torch`` module (torchvision stubbed if it cannot load), with the
+    converters for current opsets of :mod:`onnx_models.opset` registered."""
     if "onnx2torch" in sys.modules and hasattr(sys.modules["onnx2torch"], "convert"):
-        return sys.modules["onnx2torch"]
-    try:
-        return importlib.import_module("onnx2torch")
-    except (ImportError, RuntimeError, OSError, AttributeError):
-        _drop_onnx2torch()
-        _install_torchvision_stub()
-        return importlib.import_module("onnx2torch")
+        module = sys.modules["onnx2torch"]
+    else:
+        try:
+            module = importlib.import_module("onnx2torch")
+        except (ImportError, RuntimeError, OSError, AttributeError):
+            _drop_onnx2torch()
+            _install_torchvision_stub()
+            module = importlib.import_module("onnx2torch")
+    from onnx_models.opset import register_converters
+
+    register_converters()
+    return module

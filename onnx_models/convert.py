@@ -1,8 +1,10 @@
 """ONNX bytes -> :class:`~onnx_models.network.Network`.
 
-Pipeline: parse and validate the graph (supported ops, one input, one output), upgrade
-old opsets with ``onnx.version_converter`` (onnx2torch rejects e.g. opset-8 ``Flatten``),
-convert with onnx2torch, walk the fx graph into typed layers (:mod:`onnx_models.translate`),
+Pipeline: parse the model and inline its local functions, validate the graph (supported
+ops, one input, one output), upgrade opsets older than 13 with ``onnx.version_converter``
+(onnx2torch rejects e.g. opset-8 ``Flatten``); newer opsets (up to 23) are read as they are,
+with the converters of :mod:`onnx_models.opset` for op versions onnx2torch lacks; convert
+with onnx2torch, walk the fx graph into typed layers (:mod:`onnx_models.translate`),
 fold affine layers (:mod:`onnx_models.folding`) and check the result against the fx module
 on the sample input.
 """
@@ -19,6 +21,7 @@ from onnx_models.errors import OnnxModelError
 from onnx_models.folding import fold
 from onnx_models.layers import Reshape
 from onnx_models.network import Network, OnnxIO
+from onnx_models.opset import prepare
 from onnx_models.source import parse_model
 from onnx_models.translate import Builder, agrees_up_to_rounding, walk
 from onnx_models.validate import GraphIO, check_ops, concrete_shape, graph_io, has_batch_dim
@@ -27,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
     from torch import fx
 
-#: Opset the models are converted to before onnx2torch.
+#: Opset that older models are upgraded to before onnx2torch (newer ones are kept).
 TARGET_OPSET = 13
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -41,11 +44,13 @@ def opset_of(model: "onnx.ModelProto") -> int:
 
 
 def _candidates(model: "onnx.ModelProto", name: str) -> list[Any]:
-    """Models to hand to onnx2torch, preferred first (upgraded when older than 13)."""
+    """Models to hand to onnx2torch, preferred first: the upgraded model, then the original
+    one, when older than 13; else only the model itself (down-converting opsets 18-21 to 13
+    fails for lack of adapters, and :mod:`onnx_models.opset` makes it unnecessary)."""
     from onnx import version_converter
 
     opset = opset_of(model)
-    if opset == TARGET_OPSET:
+    if opset >= TARGET_OPSET:
         return [model]
 
     def converted() -> "onnx.ModelProto":
@@ -56,7 +61,7 @@ def _candidates(model: "onnx.ModelProto", name: str) -> list[Any]:
             raise OnnxModelError(f"opset conversion of {name} from {opset} to {TARGET_OPSET} "
                                  f"failed: {exc}") from exc
 
-    return [converted, model] if opset < TARGET_OPSET else [model, converted]
+    return [converted, model]
 
 
 def _with_initializer_inputs(model: "onnx.ModelProto") -> "onnx.ModelProto":
@@ -121,7 +126,7 @@ def to_fx(model: "onnx.ModelProto", name: str) -> "fx.GraphModule":
 
 def convert_model(data: bytes, name: str, source: str = "") -> Network:
     """Convert ONNX model bytes into a folded, checked Network."""
-    model = parse_model(data, name)
+    model = prepare(parse_model(data, name))
     check_ops(model, name)
     gio = graph_io(model, name)
     gm = to_fx(model, name)

@@ -30,7 +30,28 @@ def read_model_bytes(path: PathLike) -> bytes:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
             raise OnnxModelError(f"{p.name} is not a valid ONNX model: bad gzip archive ({exc})") from exc
-    return data
+    return _embed_external_data(data, p)
+
+
+def _embed_external_data(data: bytes, p: Path) -> bytes:
+    """Tensors stored next to the model (``torch.onnx.export``'s default ``x.onnx.data``)
+    read in and embedded, so the bytes describe the whole model; other models unchanged."""
+    if b"location" not in data:  # the key of every external-data entry
+        return data
+    import onnx
+    from onnx import external_data_helper as ext
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception:  # not a model: parse_model reports it
+        return data
+    if not any(ext.uses_external_data(t) for t in ext._get_all_tensors(model)):
+        return data
+    try:
+        ext.load_external_data_for_model(model, str(p.parent))
+        return model.SerializeToString()
+    except Exception as exc:  # missing/short data file, unsafe location, > 2 GiB
+        raise OnnxModelError(f"{p.name}: cannot read its external tensor data: {exc}") from exc
 
 
 def parse_model(data: bytes, name: str) -> "onnx.ModelProto":
