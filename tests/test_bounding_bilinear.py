@@ -96,24 +96,40 @@ def _plain(**kw) -> Crown:
     return Crown(final_ibp=False, **kw)
 
 
-def test_mul_averaged_mccormick_hand_values() -> None:
-    """x in [1, 3], y in [-1, 2]: z >= 0.5 x + 2 y - 2.5 (min -4), z <= 0.5 x + 2 y + 0.5 (max 6);
-    IBP [-3, 6]."""
-    net = _two_inputs(L.Mul())
-    dom = Domains(torch.tensor([[1.0, -1.0]]), torch.tensor([[3.0, 2.0]]), torch.ones(1, 1, 1))
-    ib = get_bounder("ibp").bound(net, dom)
-    assert ib.lower.item() == pytest.approx(-3.0, abs=1e-4) and ib.upper.item() == pytest.approx(6.0, abs=1e-4)
-    cr = _plain().bound(net, dom)
-    assert cr.lower.item() == pytest.approx(-4.0, abs=1e-4) and cr.upper.item() == pytest.approx(6.0, abs=1e-4)
-    assert cr.lower.item() <= -4.0 and cr.upper.item() >= 6.0  # widened outward, never inward
-    # the plane itself: its value at a corner where it is exact, (1, 2): z = 2
-    dom2 = Domains(dom.lower, dom.upper, torch.tensor([[[1.0]]]))
-    sweep = _plain().sweep(net, dom2)
+def _plane(net: Network, dom: Domains, node: int) -> tuple[list[float], float]:
+    """Input coefficients and constant of CROWN's lower plane of node ``node`` (one row)."""
     from bab.bounding.polyhedra.backward import backward
     from bab.bounding.polyhedra.crown import _Ctx
-    a_in, bias = backward(net, sweep.rules, _Ctx(sweep, None, None), 2, torch.ones(1, 1, 1))
-    assert a_in.flatten().tolist() == pytest.approx([0.5, 2.0])
-    assert bias.item() == pytest.approx(-2.5, abs=1e-4)
+
+    sweep = _plain().sweep(net, dom)
+    A0 = torch.ones(1, 1, *net.nodes[node].out_shape)
+    a_in, bias = backward(net, sweep.rules, _Ctx(sweep, None, None), node, A0)
+    return a_in.flatten().tolist(), bias.item()
+
+
+def test_mul_averaged_mccormick_hand_values() -> None:
+    """x in [-1, 3], y in [-2, 1] (both of mixed sign): the averaged planes
+    -0.5 x + y - 2.5 <= z <= -0.5 x + y + 3.5, so CROWN gives [-6, 5]; IBP [-6, 3]."""
+    net = _two_inputs(L.Mul())
+    dom = Domains(torch.tensor([[-1.0, -2.0]]), torch.tensor([[3.0, 1.0]]), torch.ones(1, 1, 1))
+    ib = get_bounder("ibp").bound(net, dom)
+    assert ib.lower.item() == pytest.approx(-6.0, abs=1e-4) and ib.upper.item() == pytest.approx(3.0, abs=1e-4)
+    cr = _plain().bound(net, dom)
+    assert cr.lower.item() == pytest.approx(-6.0, abs=1e-4) and cr.upper.item() == pytest.approx(5.0, abs=1e-4)
+    assert cr.lower.item() <= -6.0 and cr.upper.item() >= 5.0  # widened outward, never inward
+    coef, bias = _plane(net, dom, 2)
+    assert coef == pytest.approx([-0.5, 1.0]) and bias == pytest.approx(-2.5, abs=1e-4)
+
+
+def test_mul_nonnegative_operand_pair() -> None:
+    """x in [1, 3] (non-negative), y in [-1, 2]: the McCormick pair exact along x = 1,
+    -x + y + 1 <= z <= 2 x + y - 2, whose bounds over the box are IBP's [-3, 6]."""
+    net = _two_inputs(L.Mul())
+    dom = Domains(torch.tensor([[1.0, -1.0]]), torch.tensor([[3.0, 2.0]]), torch.ones(1, 1, 1))
+    cr = _plain().bound(net, dom)
+    assert cr.lower.item() == pytest.approx(-3.0, abs=1e-4) and cr.upper.item() == pytest.approx(6.0, abs=1e-4)
+    coef, bias = _plane(net, dom, 2)
+    assert coef == pytest.approx([-1.0, 1.0]) and bias == pytest.approx(1.0, abs=1e-4)
 
 
 def test_square_tangent_and_chord() -> None:
@@ -129,21 +145,23 @@ def test_square_tangent_and_chord() -> None:
 
 
 def test_matmul_hand_values() -> None:
-    """[a0, a1] @ [b0, b1]^T with a in [1, 2]x[0, 1], b in [-1, 1]x[2, 3]: IBP per term
-    [-2, 2] + [0, 3] = [-2, 5]; the averaged planes give [-2.5, 5]."""
-    a = (torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[2.0, 1.0]]]))  # [1, 1, 2]
-    b = (torch.tensor([[[-1.0], [2.0]]]), torch.tensor([[[1.0], [3.0]]]))  # [1, 2, 1]
+    """[a0, a1] @ [b0, b1]^T with a0 in [-1, 3], b0 in [-2, 1] (averaged planes: [-6, 5] as
+    in the Mul case) and a1 in [0, 1], b1 in [2, 3] (non-negative a1: 2 a1 <= a1 b1 <= 3 a1,
+    [0, 3]): CROWN [-6, 8]; IBP per term [-6, 3] + [0, 3] = [-6, 6]."""
+    a = (torch.tensor([[[-1.0, 0.0]]]), torch.tensor([[[3.0, 1.0]]]))  # [1, 1, 2]
+    b = (torch.tensor([[[-2.0], [2.0]]]), torch.tensor([[[1.0], [3.0]]]))  # [1, 2, 1]
     lo, hi = matmul_interval(a, b)
-    assert lo.item() == -2.0 and hi.item() == 5.0
+    assert lo.item() == -6.0 and hi.item() == 6.0
     net = dag([(_pick(4, [0, 1]), (-1,)), (L.Reshape((1, 2)), (0,)), (_pick(4, [2, 3]), (-1,)),
                (L.Reshape((2, 1)), (2,)), (L.MatMul(), (1, 3))], (4,))
-    dom = Domains(torch.tensor([[1.0, 0.0, -1.0, 2.0]]), torch.tensor([[2.0, 1.0, 1.0, 3.0]]),
+    dom = Domains(torch.tensor([[-1.0, 0.0, -2.0, 2.0]]), torch.tensor([[3.0, 1.0, 1.0, 3.0]]),
                   torch.ones(1, 1, 1))
-    # term 1: am=1.5, ar=.5, bm=0, br=1: 0*a0 + 1.5 b0 - 0 ∓ .5, over the box: [-2, 2]
-    # term 2: am=.5, ar=.5, bm=2.5, br=.5: 2.5 a1 + .5 b1 - 1.25 ∓ .25: [-.5, 3] over the box
     cr = _plain().bound(net, dom)
-    assert cr.lower.item() == pytest.approx(-2.5, abs=1e-4) and cr.upper.item() == pytest.approx(5.0, abs=1e-4)
-    assert get_bounder("ibp").bound(net, dom).lower.item() == pytest.approx(-2.0, abs=1e-4)
+    assert cr.lower.item() == pytest.approx(-6.0, abs=1e-4) and cr.upper.item() == pytest.approx(8.0, abs=1e-4)
+    ib = get_bounder("ibp").bound(net, dom)
+    assert ib.lower.item() == pytest.approx(-6.0, abs=1e-4) and ib.upper.item() == pytest.approx(6.0, abs=1e-4)
+    coef, bias = _plane(net, dom, 4)
+    assert coef == pytest.approx([-0.5, 2.0, 1.0, 0.0]) and bias == pytest.approx(-2.5, abs=1e-4)
 
 
 def test_matmul_interval_chunking_is_exact() -> None:
@@ -293,3 +311,16 @@ def test_sound_on_bilinear_networks_full(name: str, method: str) -> None:
     for width in (0.05, 0.5, 2.0):
         net, dom, observed = _case(name, 20, 3000, width)
         _assert_sound(method, net, dom, observed)
+
+
+@pytest.mark.parametrize("flag", ["SOFTMAX_DIFFS", "SOFTMAX_SHIFT"])
+def test_softmax_refinements_tighten(monkeypatch, flag: str) -> None:
+    """CROWN bounds on the logit differences and the sum-to-one shift each tighten the
+    attention network's bounds on average (both are sound either way)."""
+    from bab.bounding.polyhedra import bilinear
+
+    net, dom, observed = _case("attention", 6, 400)
+    with_it = get_bounder("crown").bound(net, dom).lower
+    monkeypatch.setattr(bilinear, flag, False)
+    without = _assert_sound("crown", net, dom, observed)
+    assert (with_it - without).mean() > 1e-3
