@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bab`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in (["--name"], ["--version"]):  # answered without importing every command
+        from bab import standard
+
+        print(standard.solver_name() if argv[0] == "--name" else standard.solver_version())
+        return EXIT_OK
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)

@@ -58,6 +58,13 @@ class Prepared:
     spec: Any
     variables: tuple[VarSlot, ...]
     reference: Any = None
+    reader: Any = None  # for 2.0 queries: ``reader.assignments(x, y)`` (bab.standard_v2)
+
+    def assignments(self, x: np.ndarray, y: np.ndarray) -> list[Assignment]:
+        """The declared variables' values in the counterexample ``(x, y)``."""
+        if self.reader is not None:
+            return self.reader.assignments(x, y)
+        return [v.assignment(x, y) for v in self.variables]
 
 
 @dataclass(frozen=True)
@@ -70,22 +77,17 @@ class Undecided:
 def is_v2(text: str) -> bool:
     """True when the first form is ``(vnnlib-version ...)`` (VNN-LIB 2.0 and later)."""
     try:
-        from vnnlib.v2 import is_v2 as detect  # part A's detector, when it is there
-    except ImportError:
+        from vnnlib.v2 import is_v2_text
+    except ImportError:  # without the 2.0 parser: the header alone
         return bool(_V2_HEADER.match(text))
-    return bool(detect(text))
+    return bool(is_v2_text(text))
 
 
 def read_query(path: str | Path) -> str:
     """The query text (``.gz`` accepted)."""
     from vnnlib.parser import _decode
 
-    data = Path(path).read_bytes()
-    if str(path).endswith(".gz"):
-        import gzip
-
-        data = gzip.decompress(data)
-    return _decode(data, str(path))
+    return _decode(Path(path).read_bytes(), str(path))
 
 
 def prepare(query: str | Path, networks: Mapping[str, Path]) -> Prepared | Undecided:
@@ -166,7 +168,7 @@ def run_standard(args: argparse.Namespace) -> int:
         word, reason, assignments = result_word(result.status), result.reason, []
         cex = result.counterexample
         if word == "sat" and cex is not None:
-            assignments = [v.assignment(cex.x, cex.y) for v in problem.variables]
+            assignments = problem.assignments(cex.x, cex.y)
     watchdog.cancel()
     with lock:
         if done[0]:

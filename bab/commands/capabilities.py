@@ -4,8 +4,8 @@ Every answer is computed from the code that does the work, never kept as text:
 
 * ONNX operators: the loader's op table (``onnx_models.validate.SUPPORTED_OPS``, the list its
   error message names); element types: ``bab.standard_query.SOUND_ELEMENT_TYPES`` (the same
-  constant ``verify`` enforces); opsets: the oldest opset the loader upgrades from and the newest
-  one the installed ``onnx`` defines;
+  constant ``verify`` enforces); opsets: the oldest and newest opset at which the real loader
+  converts a probe network (Gemm-ReLU-Gemm);
 * VNN-LIB versions and the theories of chapter 4: each theory has a probe query (the shape of
   the standard's own examples) over tiny ONNX networks written to a temporary folder, run
   through the same :func:`bab.standard_query.prepare` that ``bab verify`` uses; a theory is
@@ -24,16 +24,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-#: The oldest default-domain opset ``onnx_models.convert`` upgrades from (``onnx``'s version
-#: converter starts at opset 1; tests/test_cli_standard.py loads a model at both ends).
-OLDEST_OPSET = 1
+def _opset_probe(opset: int, path: Path) -> bool:
+    """True when the loader converts a Gemm-ReLU-Gemm network saved at ``opset`` correctly."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnx_models
+
+    w1, w2 = np.array([[1.0, 0.5], [-0.5, 1.0], [0.3, -0.2]]), np.array([[1.0, -1.0, 0.5]])
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in
+             (("W1", w1), ("B1", np.zeros(3)), ("W2", w2), ("B2", np.zeros(1)))]
+    legacy = {"broadcast": 1} if opset < 7 else {}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], transB=1, **legacy),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "B2"], ["y"], transB=1, **legacy)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])]
+    if opset < 8:  # the IR of that time lists initializers as graph inputs
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "opset", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 3 if opset < 8 else 8
+    onnx.save(model, str(path))
+    try:
+        got = onnx_models.load(path).evaluate(np.array([0.5, 0.5]))[0, 0]
+    except Exception:  # noqa: BLE001 - a model the loader refuses
+        return False
+    return abs(got - float((w2 @ np.maximum(w1 @ [0.5, 0.5], 0))[0])) < 1e-5
 
 
 def onnx_opset_versions() -> list[str]:
-    """§5.4.1 ``--onnx-opset-versions``: the oldest and the newest supported opset."""
+    """§5.4.1 ``--onnx-opset-versions``: the oldest and the newest default-domain opset at
+    which the loader converts a probe network (the newest one ``onnx`` defines is tried first)."""
     import onnx
 
-    return [str(OLDEST_OPSET), str(onnx.defs.onnx_opset_version())]
+    newest = onnx.defs.onnx_opset_version()
+    with tempfile.TemporaryDirectory(prefix="bab-opset-") as tmp:
+        ok = lambda o: _opset_probe(o, Path(tmp) / f"opset{o}.onnx")  # noqa: E731
+        low = next((o for o in range(1, newest + 1) if ok(o)), None)
+        high = next((o for o in range(newest, 0, -1) if ok(o)), None)
+    return [] if low is None or high is None else [str(low), str(high)]
 
 
 def onnx_element_types() -> list[str]:
