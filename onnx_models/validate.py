@@ -40,7 +40,7 @@ OPS: tuple[OpSupport, ...] = (
     OpSupport("Conv", "Conv2d", "1-D as 2-D; asymmetric pads via Pad"),
     OpSupport("ConvTranspose", "ConvTranspose2d", "1-D as 2-D; symmetric pads"),
     OpSupport("Cos", "Cos"),
-    OpSupport("DepthToSpace", _SEL),
+    OpSupport("DepthToSpace", _SEL, "CRD mode (onnx2torch)"),
     OpSupport("Div", "ElementwiseAffine; k / x = k * Reciprocal(x); x / y = Mul(x, Reciprocal(y))"),
     OpSupport("Dropout", "identity", "inference mode"),
     OpSupport("Equal", "", "on constants (folded)"),

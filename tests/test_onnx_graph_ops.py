@@ -203,6 +203,24 @@ def test_expand_tile(tmp_path: Path, op: str, inits: list) -> None:
     assert "Gather" in _kinds(net)
 
 
+def test_gather_elements_and_depth_to_space(tmp_path: Path) -> None:
+    idx = RNG.integers(0, 4, size=(1, 4, 2, 2))
+    nodes = [_node("GatherElements", ["x", "idx"], "g", axis=1), _node("DepthToSpace", ["g"], "y", blocksize=2, mode="CRD")]
+    net = _run(tmp_path, nodes, [1, 4, 2, 2], [_i("idx", idx.tolist())])
+    assert _kinds(net) == {"Gather"}
+
+
+def test_conv_transpose_1d(tmp_path: Path) -> None:
+    nodes = [_node("ConvTranspose", ["x", "W"], strides=[2], pads=[1, 1])]
+    net = _run(tmp_path, nodes, [1, 2, 5], [_c("W", RNG.normal(size=(2, 3, 3)))])
+    assert "ConvTranspose2d" in _kinds(net)
+
+
+def test_min_of_three_tensors(tmp_path: Path) -> None:
+    nodes = [_node("Sin", ["x"], "s"), _node("Cos", ["x"], "c"), _node("Min", ["x", "s", "c"])]
+    _run(tmp_path, nodes, [1, 5], low=-3, high=3)
+
+
 def test_squeeze_unsqueeze(tmp_path: Path) -> None:
     nodes = [_node("Unsqueeze", ["x", "ax"], "u"), _node("Squeeze", ["u", "ax"], "s"),
              _node("Sin", ["s"], "y")]
