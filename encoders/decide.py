@@ -5,7 +5,8 @@ Numerics (see docs/solvers.md): with ``eps = max(margin, 10 * feasibility_tol)``
 ``max_i (C y - d)_i <= tau = eps * scale`` (the MILP carries ``t <= tau``; split rows are
 relaxed by ``tau`` as well), or an LP's optimum exceeds ``tau``. A point is only a candidate:
 the caller replays it (the pipeline with onnxruntime; :func:`decide_leaf` with a float64
-forward pass). Results within tolerance are re-checked with Z3 on small models, else unknown.
+forward pass). Results within tolerance are re-checked with Z3 on small models, else unknown
+(not when the encoding relaxes a transcendental op: Z3 would see the same relaxation).
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def z3_recheck(enc: Encoding, C: np.ndarray, d: np.ndarray, cfg: Any, time_limit
     """Z3's exact answer when re-checks are on and the model is small, else ``None``."""
     if not cfg.recheck or enc.n_unstable > int(cfg.z3_max_neurons) or time_limit <= 0 or enc.cone is not None:
         return None  # (z3's linear arithmetic has no ℓ2 ball)
+    if enc.smt_relaxed:
+        return None  # z3 would decide the same relaxation: its points would fail the replay too
     from encoders import smt
 
     res = smt.solve(enc, C, d, time_limit, strict)

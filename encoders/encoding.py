@@ -8,7 +8,15 @@ its intermediate bounds, tied to its expression by an equality row) and an outpu
 ``y`` with the nonlinear constraint ``y = max(p, 0)`` kept abstract in a :class:`ReluBlock`.
 Max-pool outputs with several candidates get a :class:`MaxBlock`. The LP/MILP lowering
 (:mod:`encoders.model`) and Z3 (:mod:`encoders.smt`) turn the blocks into triangles, big-M
-rows or ``If`` terms. Sigmoid and Tanh raise :class:`UnsupportedNetwork`.
+rows or ``If`` terms.
+
+General graphs (:mod:`encoders.nonlinear`): Gather, ReduceSum, ConvTranspose2d and Concat are
+exact affine maps. Floor and Sign get a :class:`StepBlock` (exact in MILP and Z3, convex hull
+in LP). Sigmoid, Tanh, the elementwise ops of ``relax.UNARY`` and Softmax are encoded by their
+sound linear relaxation (rows of kind ``"relax"``), Mul and MatMul by McCormick rows in LP/MILP
+(a :class:`BilinearBlock`, exact products in Z3). Every relaxed node is named in
+:attr:`Encoding.relaxed`: a solver point is then only a candidate, never a proof of ``sat``,
+while an infeasible relaxation is still a proof.
 
 An l_p input ball (``ball``: anything with ``center``, ``eps``, ``p``, e.g. a
 :class:`vnnlib.spec.Ball`) intersects the box: ℓ∞ needs nothing (the box is exact), ℓ1 adds
@@ -41,7 +49,7 @@ Bounds = dict[int, tuple[Any, Any]]
 
 
 class UnsupportedNetwork(ValueError):
-    """The network has a layer the exact solvers cannot encode (Sigmoid, Tanh)."""
+    """The network has a layer the solvers cannot encode (the message names it and why)."""
 
 
 @dataclass
@@ -88,6 +96,33 @@ class MaxBlock:
 
 
 @dataclass
+class StepBlock:
+    """``post = step(pre)`` for ``kind`` ``"floor"`` or ``"sign"``, ``pre`` in ``[lo, hi]``
+    (the closure of the graph: ``floor`` may take ``p - 1`` at an integer ``p``)."""
+
+    node: int
+    kind: str
+    pre: np.ndarray
+    post: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+@dataclass
+class BilinearBlock:
+    """``out = x * y`` per entry, with ``x`` in ``[xl, xu]`` and ``y`` in ``[yl, yu]``."""
+
+    node: int
+    x: np.ndarray
+    y: np.ndarray
+    out: np.ndarray
+    xl: np.ndarray
+    xu: np.ndarray
+    yl: np.ndarray
+    yu: np.ndarray
+
+
+@dataclass
 class Encoding:
     """The whole sub-domain: variables, linear rows, nonlinear blocks and the output."""
 
@@ -102,6 +137,15 @@ class Encoding:
     pre_bounds: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     empty: bool = False
     cone: tuple[np.ndarray, np.ndarray, float] | None = None  # ℓ2 ball: (input vars, centre, radius)
+    steps: list[StepBlock] = field(default_factory=list)
+    bilinear: list[BilinearBlock] = field(default_factory=list)
+    relaxed: list[str] = field(default_factory=list)  # nodes relaxed in LP/MILP ("Sigmoid (node 3)")
+    smt_relaxed: list[str] = field(default_factory=list)  # ... and in Z3 (transcendental ops)
+
+    @property
+    def exact(self) -> bool:
+        """Whether the MILP of this encoding is the network itself (no relaxed node)."""
+        return not self.relaxed
 
     @property
     def n_vars(self) -> int:
@@ -110,8 +154,10 @@ class Encoding:
 
     @property
     def n_unstable(self) -> int:
-        """Unstable ReLU neurons plus max-pool outputs with several candidates."""
-        return sum(b.pre.size for b in self.relus) + len(self.maxes)
+        """Unstable ReLU neurons, max-pool outputs with several candidates, non-constant step
+        neurons and bilinear products (0: the encoding is one LP)."""
+        return (sum(b.pre.size for b in self.relus) + len(self.maxes)
+                + sum(b.pre.size for b in self.steps) + sum(b.out.size for b in self.bilinear))
 
 
 def widen(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,6 +257,10 @@ class _Ctx:
     intermediate: Bounds | None
     relus: list[ReluBlock] = field(default_factory=list)
     maxes: list[MaxBlock] = field(default_factory=list)
+    steps: list[StepBlock] = field(default_factory=list)
+    bilinear: list[BilinearBlock] = field(default_factory=list)
+    relaxed: list[str] = field(default_factory=list)
+    smt_relaxed: list[str] = field(default_factory=list)
     pre_bounds: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     empty: bool = False
     _ibp: Bounds | None = None
@@ -263,7 +313,8 @@ def encode(network: Network, lower: Any, upper: Any, phases: dict[int, Any] | No
     out = exprs[last]
     return Encoding(np.concatenate(b.lb), np.concatenate(b.ub), b.rows, ctx.relus, ctx.maxes,
                     np.arange(lower.size), Expr(resize(out.A, b.n), out.c),
-                    exprs if keep_nodes else {}, ctx.pre_bounds, ctx.empty, cone)
+                    exprs if keep_nodes else {}, ctx.pre_bounds, ctx.empty, cone, ctx.steps,
+                    ctx.bilinear, ctx.relaxed, ctx.smt_relaxed)
 
 
 def _ball_rows(b: _Builder, inp: Expr, n: int, ball: Any) -> tuple[np.ndarray, np.ndarray, float] | None:
@@ -298,9 +349,9 @@ def _encode_node(ctx: _Ctx, idx: int, args: list[Expr]) -> Expr:
         return _relu(ctx, idx, args[0])
     if isinstance(layer, L.MaxPool2d):
         return _maxpool(ctx, idx, args[0])
-    raise UnsupportedNetwork(
-        f"{layer.kind} (node {idx}) cannot be encoded for the LP/MILP/SMT solvers; they "
-        "support piecewise-linear networks only (ReLU, MaxPool and affine layers)")
+    from encoders import nonlinear
+
+    return nonlinear.encode_node(ctx, idx, args)
 
 
 def _relu(ctx: _Ctx, idx: int, pre: Expr) -> Expr:

@@ -1,8 +1,9 @@
 """LP bounds on the triangle relaxation: per-row clause bounds and layer-by-layer tightening.
 
 :func:`row_bounds` minimises every row of ``C y`` over the relaxation (the ``lp`` bounder's
-lower bounds). :func:`tighten` (``lp-full``) walks the ReLU and max-pool nodes in order and
-replaces the bounds of their input neurons by LP minima/maxima over the relaxation of the
+lower bounds). :func:`tighten` (``lp-full``) walks the ReLU, max-pool and other nonlinear
+nodes (relaxed elementwise ops, steps, products) in order and replaces the bounds of their
+input neurons by LP minima/maxima over the relaxation of the
 network prefix (built with the bounds tightened so far), each loosened by a relative slack of
 ``eps`` (the LP's optimum is only optimal within the solver's tolerances) and intersected with
 the previous bounds, so bounds never get looser.
@@ -56,19 +57,21 @@ def solve_value(res: Any) -> float:
 def tighten(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, intermediate: Bounds,
             cfg: Any, disp: Dispatcher, time_limit: float, phases: dict | None = None,
             check: Callable[[], None] | None = None, ball: Any = None) -> Bounds:
-    """``intermediate`` with the inputs of every ReLU/max-pool node tightened by LP."""
+    """``intermediate`` with the inputs of every ReLU, max-pool and other nonlinear node
+    tightened by LP."""
     end = time.monotonic() + time_limit
     bounds = {k: (flat(lo, _numel(network, k)).copy(), flat(hi, _numel(network, k)).copy())
               for k, (lo, hi) in intermediate.items()}
     eps = prove_eps(cfg)
-    for idx, node in enumerate(network.nodes):
-        if not isinstance(node.layer, (L.ReLU, L.MaxPool2d)) or node.inputs[0] < 0:
+    done: set[int] = set()
+    for idx, j in _targets(network):
+        if j in done or j not in bounds:
             continue
+        done.add(j)
         if check is not None:
             check()
-        j = node.inputs[0]
         lo, hi = bounds[j]
-        sel = _selection(node.layer, lo, hi, phases.get(idx) if phases else None)
+        sel = _selection(network.nodes[idx].layer, lo, hi, phases.get(idx) if phases else None)
         if sel.size == 0 or time.monotonic() >= end:
             continue
         enc = encode(network, lower_box, upper_box, phases, bounds, upto=j, ball=ball)
@@ -95,10 +98,28 @@ def _numel(network: Network, k: int) -> int:
     return math.prod(network.nodes[k].out_shape)
 
 
+def _targets(network: Network) -> list[tuple[int, int]]:
+    """``(node, input node)`` pairs whose input bounds matter: the ReLU and max-pool inputs,
+    and every input of the nonlinear general-graph layers (relaxations, steps, products)."""
+    from encoders.nonlinear import supported
+
+    out = []
+    for idx, node in enumerate(network.nodes):
+        layer = node.layer
+        if isinstance(layer, (L.ReLU, L.MaxPool2d)):
+            out += [(idx, node.inputs[0])] if node.inputs[0] >= 0 else []
+        elif not isinstance(layer, L.Concat) and supported(layer):
+            out += [(idx, j) for j in node.inputs if j >= 0]
+    return out
+
+
 def _selection(layer: L.Layer, lo: np.ndarray, hi: np.ndarray, phase: Any) -> np.ndarray:
-    """Neurons worth an LP: unstable (and unfixed) ReLU inputs; every max-pool input."""
+    """Neurons worth an LP: unstable (and unfixed) ReLU inputs; every max-pool input; the
+    non-degenerate inputs of the other nonlinear layers."""
     if isinstance(layer, L.MaxPool2d):
         return np.arange(lo.size)
+    if not isinstance(layer, L.ReLU):
+        return np.nonzero(lo < hi)[0]
     mask = (lo < 0) & (hi > 0)
     if phase is not None:
         mask &= flat(phase, lo.size) == 0

@@ -6,6 +6,12 @@ and ``smt`` are complete: a solver point becomes ``sat`` only after ``pipeline.r
 confirms it with onnxruntime (a failed replay asks once for a larger violation, then tries Z3 on
 small models, else the clause stays unknown). ``lp``/``lp-full`` are incomplete: they prove
 clauses infeasible, and find counterexamples only when a region's relaxation is exact.
+
+Networks with relaxed nodes (Sigmoid, Tanh, Exp, ..., Softmax; Mul/MatMul by McCormick; see
+:mod:`encoders.nonlinear`) are still encoded: an infeasible relaxation proves ``unsat``, but
+``milp`` is no longer complete there, and a clause whose solver points all fail the replay
+ends ``unknown`` with a reason naming the relaxed nodes. ``smt`` refuses transcendental ops
+(z3 has no exact encoding of them) and products beyond :data:`SMT_MAX_PRODUCTS`.
 """
 
 from __future__ import annotations
@@ -26,7 +32,29 @@ from vnnlib.spec import Region
 log = logging.getLogger("encoders")
 RESERVE_S = 0.3  # kept back from the deadline for replay and writing the result
 TIGHTEN_SHARE = 0.3  # at most this share of the time left goes to LP bound tightening
-UNSUPPORTED = (L.Sigmoid, L.Tanh)
+UNSUPPORTED: tuple[type, ...] = ()  # every layer is encoded (exactly or as a relaxation)
+SMT_MAX_PRODUCTS = 64  # scalar products z3 takes exactly (nonlinear real arithmetic)
+
+
+def smt_refusal(net: Any) -> str | None:
+    """Why z3 cannot decide ``net`` exactly (transcendental ops), or ``None``."""
+    from encoders.nonlinear import unary_table
+
+    bad = sorted({n.layer.kind for n in net.nodes
+                  if isinstance(n.layer, L.Softmax)
+                  or (type(n.layer) in unary_table() and not isinstance(n.layer, (L.Floor, L.Sign)))})
+    if bad:
+        return (f"{', '.join(bad)}: transcendental, no exact z3 encoding (the milp/lp methods "
+                "take their linear relaxation)")
+    return None
+
+
+def relaxed_note(enc: Encoding) -> str:
+    """`` (relaxed: ...)`` naming an encoding's relaxed nodes, or empty."""
+    if enc.exact:
+        return ""
+    more = f" and {len(enc.relaxed) - 3} more" if len(enc.relaxed) > 3 else ""
+    return f" (the encoding relaxes {', '.join(enc.relaxed[:3])}{more}: not complete)"
 
 
 def region_bounds(pipeline: Any, net: Any, region: Region, kind: str) -> tuple[dict, list[bool], str]:
@@ -70,9 +98,8 @@ class SolverMethod:
         """``sat`` (replayed), ``unsat`` (every clause infeasible), else unknown/timeout."""
         cfg = pipeline.cfg.solver
         net = float64_network(pipeline.network)
-        bad = sorted({n.layer.kind for n in net.nodes if isinstance(n.layer, UNSUPPORTED)})
-        if bad:
-            return Outcome(Status.UNKNOWN, reason=f"{self.name}: {', '.join(bad)} not supported by exact solvers")
+        if self.mode == "smt" and (why := smt_refusal(net)):
+            return Outcome(Status.UNKNOWN, reason=f"{self.name}: {why}")
         if self.mode == "smt" and any(r.ball is not None and r.ball.p == "2" for r in pipeline.spec.regions):
             return Outcome(Status.UNKNOWN,
                            reason=f"{self.name}: z3 (linear real arithmetic) cannot handle an ℓ2 ball")
@@ -88,7 +115,10 @@ class SolverMethod:
                 enc = encode(net, region.lower, region.upper, None, inter, check=pipeline.deadline.check,
                              ball=region.ball)
             except UnsupportedNetwork as exc:
-                return Outcome(Status.UNKNOWN, reason=str(exc))
+                return Outcome(Status.UNKNOWN, reason=f"{self.name}: {exc}")
+            if self.mode == "smt" and sum(b.out.size for b in enc.bilinear) > SMT_MAX_PRODUCTS:
+                return Outcome(Status.UNKNOWN, reason=f"{self.name}: more than {SMT_MAX_PRODUCTS} "
+                               "products of two variables (z3's nonlinear arithmetic would not finish)")
             self._note(pipeline, enc, bounder)
             for k, clause in enumerate(region.clauses):
                 if proven[k]:
@@ -102,7 +132,8 @@ class SolverMethod:
                 if res.status == "timeout":
                     return Outcome(Status.TIMEOUT, reason=f"{self.name}: {res.reason}")
                 if res.status != "infeasible":
-                    open_reasons.append(f"region {r} clause {k}: {res.reason or res.status}")
+                    note = relaxed_note(enc) if self.mode != "lp" else ""
+                    open_reasons.append(f"region {r} clause {k}: {res.reason or res.status}{note}")
         if open_reasons:
             return Outcome(Status.UNKNOWN, reason=f"{self.name}: {open_reasons[0]}")
         pipeline.stats.proved_by = self.name
@@ -159,6 +190,8 @@ class SolverMethod:
         extra["regions"] += 1
         extra["unstable"] = max(extra["unstable"], enc.n_unstable)
         extra["bounds"] = bounder
+        if enc.relaxed:
+            extra["relaxed"] = sorted(set(extra.get("relaxed", [])) | set(enc.relaxed))
 
 
 class MilpMethod(SolverMethod):

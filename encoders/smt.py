@@ -2,7 +2,11 @@
 
 Every float64 coefficient and bound becomes the exact rational it denotes
 (``fractions.Fraction``), an unstable ReLU becomes ``y == If(p >= 0, p, 0)``, a max-pool
-block ``out >= in_i`` plus ``Or(out == in_i)``. Rows of kind ``"phase"`` are kept exact (no
+block ``out >= in_i`` plus ``Or(out == in_i)``, Floor ``y == ToInt(p)``, Sign nested ``If``
+terms and a product ``w == x * y`` (nonlinear real arithmetic: then the general solver runs
+instead of ``QF_LRA``; only tiny models finish). Relaxation rows of transcendental ops (kind
+``"relax"``) stay linear rows: Z3 then decides the relaxation, so ``sat`` needs the replay
+(``Encoding.smt_relaxed`` names them). Rows of kind ``"phase"`` are kept exact (no
 slack), so ``unsat`` is exact for the encoded (float64) network. Z3's ``timeout`` parameter
 carries the time limit; ``unknown`` maps to ``limit``.
 """
@@ -56,7 +60,7 @@ def build(enc: Encoding, C: np.ndarray, d: np.ndarray, strict_margin: float = 0.
     """
     import z3
 
-    solver = z3.SolverFor("QF_LRA")
+    solver = z3.SolverFor("QF_LRA") if not (enc.steps or enc.bilinear) else z3.Solver()
     X = [z3.Real(f"v{i}") for i in range(enc.n_vars)]
     for v, lo, hi in zip(X, enc.lb, enc.ub):
         if np.isfinite(lo):
@@ -72,9 +76,24 @@ def build(enc: Encoding, C: np.ndarray, d: np.ndarray, strict_margin: float = 0.
         ins = [X[i] for i in m.ins]
         solver.add(*[X[m.out] >= v for v in ins])
         solver.add(z3.Or(*[X[m.out] == v for v in ins]))
+    _general_blocks(z3, solver, X, enc)
     A, rhs = clause_rows(enc.output, np.asarray(C, np.float64), np.asarray(d, np.float64), enc.n_vars)
     _rows(z3, solver, X, A, np.full(rhs.size, -np.inf), rhs - strict_margin)
     return solver, X
+
+
+def _general_blocks(z3: Any, solver: Any, X: list[Any], enc: Encoding) -> None:
+    """Floor, Sign and products, exactly."""
+    one, zero = z3.RealVal(1), z3.RealVal(0)
+    for b in enc.steps:
+        for p, y in zip(b.pre, b.post):
+            if b.kind == "floor":
+                solver.add(X[y] == z3.ToReal(z3.ToInt(X[p])))
+            else:
+                solver.add(X[y] == z3.If(X[p] > 0, one, z3.If(X[p] < 0, -one, zero)))
+    for b in enc.bilinear:
+        for x, y, w in zip(b.x, b.y, b.out):
+            solver.add(X[w] == X[x] * X[y])
 
 
 def solve(enc: Encoding, C: np.ndarray, d: np.ndarray, time_limit: float,

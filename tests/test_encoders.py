@@ -101,15 +101,22 @@ def test_milp_minimum_matches_sampling(make) -> None:
     assert abs((net.evaluate(x) @ C.T).item() - mins["milp"]) < 1e-5  # the MILP point is real
 
 
-def test_sigmoid_is_unknown_with_reason(tmp_path) -> None:
+def test_sigmoid_is_relaxed_and_smt_refuses(tmp_path) -> None:
+    """Sigmoid is encoded by its relaxation (milp/lp prove a far property); z3 refuses it."""
     net = random_mlp([2, 3, 2], act=L.Sigmoid)
-    with pytest.raises(UnsupportedNetwork, match="Sigmoid"):
-        encode(net, np.zeros(2), np.ones(2))
+    assert encode(net, np.zeros(2), np.ones(2)).relaxed == ["Sigmoid (node 1)"]
+
+    class Odd(L.Layer):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(UnsupportedNetwork, match="Odd"):
+        encode(chain([Odd()], (2,)), np.zeros(2), np.ones(2))
     path = onnx_mlp(tmp_path / "s.onnx", [2, 3, 2], act="Sigmoid")
     spec = Spec((Region(np.zeros(2), np.ones(2), (Clause(np.array([[1.0, -1.0]]), np.array([-50.0])),)),), 2, 2)
-    for method in ("milp", "lp", "smt"):
+    for method, want in (("milp", Status.UNSAT), ("lp", Status.UNSAT), ("smt", Status.UNKNOWN)):
         res = bab.verify(path, spec, Config(verify=VerifyConfig(method=method), falsify=FalsifyConfig(enabled=False)))
-        assert res.status is Status.UNKNOWN and "Sigmoid" in res.reason
+        assert res.status is want and (want is Status.UNSAT or "Sigmoid" in res.reason)
 
 
 def _linear_regions(net: Network, x0: np.ndarray) -> dict[int, np.ndarray]:
