@@ -53,9 +53,9 @@ class Assignment:
     values: np.ndarray
 
     def __post_init__(self) -> None:
-        n = math.prod(self.shape)
-        if np.asarray(self.values).size != n:
-            raise ValueError(f"{self.name}: {np.asarray(self.values).size} values for shape {list(self.shape)}")
+        size = np.asarray(self.values).size
+        if size != math.prod(self.shape):
+            raise ValueError(f"{self.name}: {size} values for shape {list(self.shape)}")
 
 
 def result_word(status: "Status") -> str:

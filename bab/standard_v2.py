@@ -76,11 +76,11 @@ class V2Variables:
             x_val = inputs.get(x_decl.name)
             if x_val is None:  # a network no assertion mentions: any input is a witness
                 x_val = np.zeros(sym[x_decl.name].shape)
-            hidden = [h for h in net.hiddens]
-            values = _run_model(self.models[net.name], x_val, [h.onnx_name for h in hidden])
+            values = _run_model(self.models[net.name], x_val, [h.onnx_name for h in net.hiddens])
             for decl in net.tensors:
-                v = x_val if decl.kind == "input" else values.get(decl.onnx_name if decl.kind == "hidden" else "")
-                if v is not None:
+                key = decl.onnx_name if decl.kind == "hidden" else ""
+                v = x_val if decl.kind == "input" else values.get(key)
+                if v is not None:  # a hidden name onnxruntime cannot expose is left out
                     out.append(Assignment(decl.name, decl.elem_type, sym[decl.name].shape,
                                           np.asarray(v, np.float64).reshape(-1)))
         return out

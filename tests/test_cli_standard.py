@@ -159,8 +159,8 @@ def test_verify_unsat_unknown_and_timed_out_words(nets, capsys, monkeypatch) -> 
 def test_verify_two_networks_assignment_in_declaration_order(nets, capsys, monkeypatch) -> None:
     from onnx_models import OnnxReference
 
-    p = verify_inproc(capsys, monkeypatch, str(nets["two"]), "--network", f"f={nets['f']}", "--network", f"g={nets['g']}",
-            "--timeout", "60")
+    p = verify_inproc(capsys, monkeypatch, str(nets["two"]), "--network", f"f={nets['f']}",
+                      "--network", f"g={nets['g']}", "--timeout", "60")
     assert p.returncode == 0, p.stderr
     word, rest = p.stdout.split("\n", 1)
     assert word == "sat"
@@ -197,8 +197,8 @@ def test_vnncomp_form_unchanged(nets) -> None:
     p = bab("verify", str(nets["f"]), str(prop), "--results-file", str(res), "--timeout", "60")
     assert p.returncode == 0, p.stderr
     assert res.read_text() == "unsat\n"
-    assert p.stdout.startswith("unsat  (") and p.stdout.endswith("f.onnx p1.vnnlib  [crown]\n") \
-        or p.stdout.startswith("unsat  (") and " f.onnx p1.vnnlib" in p.stdout
+    assert p.stdout.startswith("unsat  (") and " s)  f.onnx p1.vnnlib" in p.stdout
+    assert p.stdout.count("\n") == 1
 
 
 def test_a_10_query_under_the_standard_form(nets, capsys, monkeypatch) -> None:
@@ -298,7 +298,8 @@ def test_network_option_parsing() -> None:
 
 
 # ----------------------------------------------------------------- equivalence
-def instances(bench: Path, name: str, step: int = 1, limit: int | None = None) -> list[tuple[Path, Path, str]]:
+def instances(bench: Path, name: str, step: int = 1,
+              limit: int | None = None) -> list[tuple[Path, Path, str]]:
     """(model, property, timeout) of every ``step``-th line of a benchmark's instances CSV."""
     folder = bench / name
     (listing,) = folder.glob("*instances.csv")
