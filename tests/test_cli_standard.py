@@ -172,6 +172,30 @@ def test_verify_two_networks_assignment_in_declaration_order(nets, capsys, monke
     assert np.array_equal(OnnxReference(nets["g"]).run(u)[0], z)
 
 
+def test_verify_hidden_node_assignment(tmp_path, capsys, monkeypatch) -> None:
+    """A declared hidden node is printed between input and output, valued by onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
+    from bab.commands.capabilities import PROBES, VERSION_HEADER, _write_network
+
+    net = _write_network("mlp", tmp_path / "mlp.onnx")  # the ReLU output is named "hidden"
+    onnx.save(onnx.shape_inference.infer_shapes(onnx.load(str(net))), str(net))  # value infos
+    query = tmp_path / "h.vnnlib"
+    query.write_text(f"{VERSION_HEADER}\n{PROBES['H'].body}\n")
+    p = verify_inproc(capsys, monkeypatch, str(query), "--network", f"f={net}", "--timeout", "60")
+    assert p.returncode == 0 and p.stdout.startswith("sat\n"), (p.stdout, p.stderr)
+    got = read_assignment_text(p.stdout.split("\n", 1)[1])
+    assert [(n, s) for n, _, s, _ in got] == [("X", "[2]"), ("H", "[3]"), ("Y", "[2]")]
+    x, h, y = (np.array(v) for *_, v in got)
+    model = onnx.load(str(net))
+    model.graph.output.append(onnx.ValueInfoProto(name="hidden"))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y_ref, h_ref = sess.run(["y", "hidden"], {"x0": x.astype(np.float32)})
+    assert np.array_equal(h, h_ref) and np.array_equal(y, y_ref) and h[0] >= 0.5
+    assert np.all(np.abs(x) <= 1.0)
+
+
 def test_verify_errors_exit_2_with_one_line(nets, tmp_path, capsys) -> None:
     q, f = str(nets["sat"]), f"f={nets['f']}"
     assert "no model file for network 'f'" in one_error_line(bab("verify", q))  # as a subprocess
