@@ -169,11 +169,26 @@ def outward(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype, ulps: int) -
     return lo_t, hi_t
 
 
+def global_range(layer: L.Layer) -> tuple[float, float]:
+    """Bounds every output of the op satisfies (``exp >= 0``, ``|sin| <= 1``, ...)."""
+    if isinstance(layer, (L.Sin, L.Cos, L.Sign)):
+        return -1.0, 1.0
+    nonneg = isinstance(layer, (L.Exp, L.Sqrt)) or (
+        isinstance(layer, L.Pow) and pow_kind(layer.exponent) in ("even", "frac", "neg_even", "neg_frac"))
+    return (0.0 if nonneg else -math.inf), math.inf
+
+
 def sound_range(layer: L.Layer, l: torch.Tensor, u: torch.Tensor) -> Interval:
-    """The op's range on ``[l, u]`` in the bounds' dtype: checked, rounded outward, finite."""
+    """The op's range on ``[l, u]`` in the bounds' dtype: checked, rounded outward, finite.
+
+    The widening never crosses the op's global bounds: ``x**2`` keeps the lower bound 0
+    exactly, so a following Sqrt (``sqrt(sum x**2)``) stays in its domain.
+    """
     check_domain(layer, l, u)
     lo, hi = unary_range(layer, l, u)
     lo, hi = outward(lo, hi, l.dtype, 0 if isinstance(layer, EXACT) else WIDEN_ULPS)
+    bottom, top = global_range(layer)
+    lo, hi = lo.clamp(bottom, top), hi.clamp(bottom, top)
     if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
         top = float(u.max())
         raise BounderRefusal(f"{layer.kind}: its range overflows {l.dtype} on the input interval "
