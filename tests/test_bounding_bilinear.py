@@ -324,3 +324,31 @@ def test_softmax_refinements_tighten(monkeypatch, flag: str) -> None:
     monkeypatch.setattr(bilinear, flag, False)
     without = _assert_sound("crown", net, dom, observed)
     assert (with_it - without).mean() > 1e-3
+
+
+@pytest.mark.slow
+def test_sound_and_tighter_on_vit() -> None:
+    """vit_2023 pgd_2_3_16: CROWN bounds on two sub-boxes of a property's box are finite,
+    at least IBP's and below every sampled and PGD value."""
+    from pathlib import Path
+
+    import numpy as np
+
+    import onnx_models
+    import vnnlib
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "vnncomp2024" / "vit_2023"
+    if not (root / "onnx" / "pgd_2_3_16.onnx").is_file():
+        pytest.skip("vit_2023 not present")
+    torch.manual_seed(0)
+    net = onnx_models.load(root / "onnx" / "pgd_2_3_16.onnx")
+    region = vnnlib.parse_cached(root / "vnnlib" / "pgd_2_3_16_8835.vnnlib", net.n_inputs, net.n_outputs).regions[0]
+    C = torch.tensor(np.concatenate([c.C for c in region.clauses]), dtype=torch.float32)
+    lo, hi = (torch.tensor(v, dtype=torch.float32) for v in (region.lower, region.upper))
+    start = torch.stack([lo, lo + (hi - lo) * 0.5 * torch.rand(lo.shape)])
+    dom = Domains(start, start + (hi - lo) * 0.5, C.expand(2, *C.shape).contiguous())
+    cr = get_bounder("crown").bound(net, dom).lower
+    ib = get_bounder("ibp").bound(net, dom).lower
+    assert torch.isfinite(cr).all() and (cr >= ib).all() and (cr - ib).mean() > 1.0
+    observed = _observed(net, dom, 300)
+    assert (cr <= observed + SLACK).all()
