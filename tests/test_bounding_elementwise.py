@@ -379,6 +379,19 @@ def test_norm_pattern_stays_in_domain() -> None:
     assert float(lo) == 0.0
 
 
+def test_overflowing_lines_fall_back_to_range() -> None:
+    """exp on [80, 88] in float32: the chord's intercept overflows, the range does not; the
+    relaxation falls back to the constant range line there and stays finite and sound."""
+    l, u = torch.tensor([80.0, 0.0]), torch.tensor([88.0, 1.0])
+    r = unary_relax(L.Exp(), l, u)
+    assert all(bool(torch.isfinite(t).all()) for t in (r.lw, r.lb, r.uw, r.ub))
+    x = l[:, None] + (u - l)[:, None] * torch.linspace(0, 1, 1001)
+    fx = torch.exp(x.double())
+    lines = [t.reshape(2, 1).double() for t in (r.lw, r.lb, r.uw, r.ub)]
+    assert torch.all(lines[0] * x + lines[1] <= fx) and torch.all(lines[2] * x + lines[3] >= fx)
+    assert float(r.uw[0, 0]) == 0.0 and float(r.uw[1, 0]) == pytest.approx(E - 1)
+
+
 def test_registered_everywhere() -> None:
     """Each op has an IBP rule, a UNARY relaxation and a backward rule in every CROWN method."""
     from bab.bounding.interval.ibp import RULES

@@ -231,22 +231,34 @@ LINES: dict[type, LineFn] = {
 }
 
 
-def finish(lines: Lines, l: torch.Tensor, u: torch.Tensor, rng: tuple[torch.Tensor, torch.Tensor],
-           dtype: torch.dtype, kind: str = "op") -> Relax:
-    """Constant range lines on degenerate intervals, widened intercepts, cast to ``dtype``."""
+def _widen_cast(lines: Lines, reach: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Intercepts widened by ``8 ulp * (1 + |b| + |w| reach)``, everything cast to ``dtype``."""
     lw, lb, uw, ub = lines
-    reach = torch.maximum(l.abs(), u.abs())
-    flat = (u - l) <= 1e-9 * (1 + reach)
-    zero = torch.zeros_like(l)
-    lw, lb = torch.where(flat, zero, lw), torch.where(flat, rng[0], lb)
-    uw, ub = torch.where(flat, zero, uw), torch.where(flat, rng[1], ub)
     ulp = 8 * torch.finfo(dtype).eps
     lb = lb - ulp * (1 + lb.abs() + lw.abs() * reach)
     ub = ub + ulp * (1 + ub.abs() + uw.abs() * reach)
-    out = [t.to(dtype) for t in (lw, lb, uw, ub)]
+    return [t.to(dtype) for t in (lw, lb, uw, ub)]
+
+
+def finish(lines: Lines, l: torch.Tensor, u: torch.Tensor, rng: tuple[torch.Tensor, torch.Tensor],
+           dtype: torch.dtype, kind: str = "op") -> Relax:
+    """Widened lines cast to ``dtype``; the constant lines of the range ``rng`` on degenerate
+    intervals and where a line overflows ``dtype`` (e.g. the tangent of exp near 88 in
+    float32, whose intercept is ``-x e^x``); refused if even the range overflows."""
+    reach = torch.maximum(l.abs(), u.abs())
+    zero = torch.zeros_like(l)
+    const = (zero, rng[0], zero, rng[1])
+    flat = (u - l) <= 1e-9 * (1 + reach)
+    out = _widen_cast(tuple(torch.where(flat, c, t) for t, c in zip(lines, const)), reach, dtype)
+    bad = ~(torch.isfinite(out[0]) & torch.isfinite(out[1]))
+    bad_up = ~(torch.isfinite(out[2]) & torch.isfinite(out[3]))
+    if bool(bad.any() | bad_up.any()):
+        safe = _widen_cast(const, reach, dtype)
+        out[0], out[1] = torch.where(bad, safe[0], out[0]), torch.where(bad, safe[1], out[1])
+        out[2], out[3] = torch.where(bad_up, safe[2], out[2]), torch.where(bad_up, safe[3], out[3])
     if not all(bool(torch.isfinite(t).all()) for t in out):
-        raise BounderRefusal(f"{kind}: its linear relaxation overflows {dtype} on the input "
-                             "interval; no finite sound bound")
+        raise BounderRefusal(f"{kind}: its range overflows {dtype} on the input interval; "
+                             "no finite sound bound")
     return Relax(*(t.unsqueeze(1) for t in out))
 
 
