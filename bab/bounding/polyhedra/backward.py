@@ -95,12 +95,35 @@ def _conv(ctx: Context, idx: int, layer: L.Conv2d, A: torch.Tensor) -> Step:
     _, H, W = ctx.in_shape(idx)
     kh, kw = layer.weight.shape[-2:]
     (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
+    bias = None if layer.bias is None else A.sum((-2, -1)) @ layer.bias
+    if _patches(layer):
+        return [_patch_transpose(A, layer.weight, H, W)], bias
     oph = H - ((Ho - 1) * sh - 2 * ph + dh * (kh - 1) + 1)
     opw = W - ((Wo - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
     out = F.conv_transpose2d(A.reshape(N * M, Co, Ho, Wo), layer.weight, None, layer.stride,
                              layer.padding, (oph, opw), layer.groups, layer.dilation)
-    bias = None if layer.bias is None else A.sum((-2, -1)) @ layer.bias
     return [out.reshape(N, M, *out.shape[1:])], bias
+
+
+def _patches(layer: L.Conv2d) -> bool:
+    """Non-overlapping patches (kernel == stride, no padding/dilation/groups), as in the
+    patch embedding of a vision transformer: the transpose is a reshape plus one matmul."""
+    return (tuple(layer.weight.shape[-2:]) == tuple(layer.stride) and tuple(layer.padding) == (0, 0)
+            and tuple(layer.dilation) == (1, 1) and layer.groups == 1)
+
+
+def _patch_transpose(A: torch.Tensor, weight: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """``conv_transpose2d`` of ``A`` ``[N, M, Co, Ho, Wo]`` for a patch convolution: every
+    output position maps back to its own ``kh x kw`` patch; rows/columns of the input that
+    no patch covers get zero coefficients."""
+    N, M, Co, Ho, Wo = A.shape
+    Ci, kh, kw = weight.shape[1:]
+    rows = A.permute(0, 1, 3, 4, 2).reshape(N * M * Ho * Wo, Co) @ weight.reshape(Co, Ci * kh * kw)
+    out = rows.reshape(N, M, Ho, Wo, Ci, kh, kw).permute(0, 1, 4, 2, 5, 3, 6)
+    out = out.reshape(N, M, Ci, Ho * kh, Wo * kw)
+    if (Ho * kh, Wo * kw) != (H, W):
+        out = F.pad(out, (0, W - Wo * kw, 0, H - Ho * kh))
+    return out
 
 
 def _reduce_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
