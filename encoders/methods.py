@@ -110,8 +110,8 @@ class SolverMethod:
             inter, proven, bounder = region_bounds(pipeline, net, region, cfg.intermediate)
             if all(proven):
                 continue
-            inter = self.prepare(pipeline, net, region, inter)
             try:
+                inter = self.prepare(pipeline, net, region, inter)
                 enc = encode(net, region.lower, region.upper, None, inter, check=pipeline.deadline.check,
                              ball=region.ball)
             except UnsupportedNetwork as exc:
