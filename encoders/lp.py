@@ -63,11 +63,9 @@ def tighten(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, inte
     bounds = {k: (flat(lo, _numel(network, k)).copy(), flat(hi, _numel(network, k)).copy())
               for k, (lo, hi) in intermediate.items()}
     eps = prove_eps(cfg)
-    done: set[int] = set()
-    for idx, j in _targets(network):
-        if j in done or j not in bounds:
+    for idx, j in dict.fromkeys(_targets(network)):
+        if j not in bounds:
             continue
-        done.add(j)
         if check is not None:
             check()
         lo, hi = bounds[j]
