@@ -44,6 +44,7 @@ def problem_options(cfg: Any, remaining: float | None = None) -> Any:
         root_time_limit=None if remaining is None else max(0.5, ROOT_SHARE * remaining),
         root_iterations=_opt(beta, "root_iterations", base.root_iterations),
         root_optimize_intermediate=_opt(beta, "root_optimize_intermediate", base.root_optimize_intermediate),
+        root_intermediate_share=_opt(beta, "root_intermediate_share", base.root_intermediate_share),
         refine=_opt(beta, "intermediate", base.refine),
         refine_depth=_opt(beta, "intermediate_depth", base.refine_depth),
         refine_share=_opt(beta, "intermediate_share", base.refine_share),

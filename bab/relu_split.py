@@ -54,6 +54,7 @@ class ReluSplitOptions:
     root_iterations: int = 20
     root_optimize_intermediate: bool = True
     root_alpha_elements: int = 20_000_000
+    root_intermediate_share: float = 1.0  # ... only when its steps fit in this share of root_time_limit
     root_time_limit: float | None = None  # seconds for the root's slope optimisation
     refine: str = "after-split"  # which intermediate bounds children recompute: after-split|all|none
     refine_depth: int = 8  # ... only for children at most this deep (deeper ones reuse the parent's)
@@ -135,8 +136,11 @@ class ReluSplitProblem:
         dom = Domains(self.lower, self.upper, C_all, **self._ball_kw(1, self.dtype))
         opt_int = self.opts.root_optimize_intermediate and self._alpha_elements() <= self.opts.root_alpha_elements
         self.check_time()
-        res = AlphaCrown(iterations=self.opts.root_iterations, optimize_intermediate=opt_int, upper=False,
-                         time_limit=self.opts.root_time_limit).bound(self.net, dom)
+        alpha = AlphaCrown(iterations=self.opts.root_iterations, optimize_intermediate=opt_int, upper=False,
+                           time_limit=self.opts.root_time_limit,
+                           intermediate_share=self.opts.root_intermediate_share)
+        res = alpha.bound(self.net, dom)
+        self.stats["root_optimized_intermediate"] = alpha.last_optimized_intermediate
         self.check_time()
         boxes = res.intermediate or {}
         self.branchable = [r for r in self.relus if bool(_unstable(*boxes[self.pre[r]]).any())]

@@ -10,7 +10,10 @@ With ``optimize_intermediate=True`` the slopes used inside the intermediate-boun
 optimised too (keys ``(node_idx, relu_idx)``, one slope per intermediate row), through the
 gradient of the final bound; each iterate's intermediate bounds are intersected with CROWN's.
 That re-runs every intermediate pass per iteration, so it is off by default (turn it on for
-small networks). Sigmoid/Tanh tangent points are optimised the same way (one pair of points per
+small networks). With a ``time_limit`` it is also skipped when ``iterations`` such steps,
+each estimated at ``STEP_COST`` times the measured first (no-gradient) sweep, would not fit in
+``intermediate_share`` of the limit (then only the final slopes are optimised, which re-runs
+no intermediate pass); ``last_optimized_intermediate`` records the choice. Sigmoid/Tanh tangent points are optimised the same way (one pair of points per
 neuron, row and domain, ``[N, rows, 2, *shape]``, see :mod:`bab.bounding.polyhedra.sshape`);
 MaxPool relaxations stay fixed.
 """
@@ -27,6 +30,8 @@ from bab.bounding.base import Bounds, Domains
 from bab.bounding.polyhedra.crown import Crown, Sweep, exact_matmul, prepare
 from bab.bounding.polyhedra.sshape import default_t
 from onnx_models.network import Network
+
+STEP_COST = 3.0  # one differentiable step with intermediate slopes / one no-gradient sweep
 
 
 @dataclass
@@ -53,23 +58,34 @@ class AlphaCrown(Crown):
 
     Options (besides :class:`~bab.bounding.polyhedra.crown.Crown`'s): ``iterations`` (Adam steps),
     ``lr``, ``patience`` (stop after this many steps without improving the summed bound by more
-    than ``tol``), ``time_limit`` (seconds, ``None``: none), ``optimize_intermediate``.
+    than ``tol``), ``time_limit`` (seconds, ``None``: none), ``optimize_intermediate`` (and
+    ``intermediate_share``: only when affordable within that share of ``time_limit``).
     The upper bound returned is CROWN's (only lower bounds are optimised).
     """
 
     def __init__(self, iterations: int = 30, lr: float = 0.1, patience: int = 8,
                  time_limit: float | None = None, optimize_intermediate: bool = False,
-                 tol: float = 1e-6, **kw: Any) -> None:
+                 tol: float = 1e-6, intermediate_share: float = float("inf"), **kw: Any) -> None:
         kw.setdefault("name", "alpha-crown")
         super().__init__(policy="crown", **kw)
         self.iterations, self.lr, self.patience = iterations, lr, patience
         self.time_limit, self.optimize_intermediate, self.tol = time_limit, optimize_intermediate, tol
+        self.intermediate_share = intermediate_share
+        self.last_optimized_intermediate = False
 
-    def _init_alphas(self, base: Sweep, M: int, state: AlphaState | None) -> dict[Any, torch.Tensor]:
+    def affordable(self, sweep_seconds: float) -> bool:
+        """Whether ``iterations`` steps with intermediate slopes (each ``STEP_COST`` sweeps of
+        ``sweep_seconds``) fit in ``intermediate_share`` of the time limit."""
+        if not self.optimize_intermediate or self.time_limit is None:
+            return self.optimize_intermediate
+        return self.iterations * STEP_COST * sweep_seconds <= self.intermediate_share * self.time_limit
+
+    def _init_alphas(self, base: Sweep, M: int, state: AlphaState | None,
+                     intermediate: bool) -> dict[Any, torch.Tensor]:
         """Slopes for the final spec (and intermediate passes), from ``state`` or CROWN."""
         plan, N = base.plan, base.domains.size
         keys = [("final", len(base.network.nodes) - 1, M)]
-        if self.optimize_intermediate and self.opts.intermediate == "crown":
+        if intermediate and self.opts.intermediate == "crown":
             keys += [(s, s, 2 * sel.numel()) for s, sel in base.sels.items() if sel.numel()]
         alphas: dict[Any, torch.Tensor] = {}
         for key, start, rows in keys:
@@ -93,7 +109,9 @@ class AlphaCrown(Crown):
         net, dom = prepare(network, domains, self.dtype, self.device)
         with exact_matmul(dom.lower.device):
             with torch.no_grad():
+                t0 = time.monotonic()
                 base = self.sweep(net, dom)
+                self.last_optimized_intermediate = self.affordable(time.monotonic() - t0)
                 C2 = torch.cat([dom.C, -dom.C], 1) if self.opts.upper else dom.C
                 out = base.final(C2)
                 M = dom.C.shape[1]
@@ -102,7 +120,8 @@ class AlphaCrown(Crown):
                 if self.opts.final_ibp:
                     lower = torch.maximum(lower, ilo)
                     upper = None if upper is None else torch.minimum(upper, ihi)
-            alphas = self._init_alphas(base, M, state if isinstance(state, AlphaState) else None)
+            alphas = self._init_alphas(base, M, state if isinstance(state, AlphaState) else None,
+                                       self.last_optimized_intermediate)
             best, boxes, saved = self._optimise(base, alphas, lower, ilo)
         return Bounds(lower=best, upper=upper, intermediate=dict(enumerate(boxes)),
                       state=AlphaState(saved, dict(base.sels)))
