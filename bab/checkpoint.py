@@ -209,10 +209,10 @@ class Checkpointer:
     engines call :meth:`step` between steps. ``state`` is a loaded checkpoint to resume from.
     """
 
-    def __init__(self, path: str | Path, print_: dict[str, str], interval: float = 60.0,
+    def __init__(self, path: str | Path, hashes: dict[str, str], interval: float = 60.0,
                  state: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
-        self.fingerprint = print_
+        self.fingerprint = hashes
         self.interval = interval
         self.state = state
         self.saves = 0
@@ -321,9 +321,9 @@ def open_checkpoint(path: str | Path, model: str | Path, prop: str | Path, cfg: 
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {path.parent}")
-    print_ = fingerprint(model, prop, cfg)
-    state = load_state(path, print_, cfg.verify.device) if resume and path.exists() else None
-    return Checkpointer(path, print_, interval, state)
+    hashes = fingerprint(model, prop, cfg)
+    state = load_state(path, hashes, cfg.verify.device) if resume and path.exists() else None
+    return Checkpointer(path, hashes, interval, state)
 
 
 def verify_resumable(model: str | Path, prop: str | Path, cfg: Any, checkpoint: Checkpointer,
