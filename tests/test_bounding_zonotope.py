@@ -115,16 +115,16 @@ def test_hand_221_exact() -> None:
     net = hand_221()
     dom = Domains(torch.tensor([[0.0, 0.5]]), torch.tensor([[2.0, 1.5]]), torch.tensor([[[1.0], [-1.0]]]))
     b = Zonotope().bound(net, dom)
-    assert torch.allclose(b.lower, torch.tensor([[0.25, -4.5]]), atol=1e-6)
-    assert torch.allclose(b.upper, torch.tensor([[4.5, -0.25]]), atol=1e-6)
+    assert torch.allclose(b.lower, torch.tensor([[0.25, -4.5]]), atol=2e-5)
+    assert torch.allclose(b.upper, torch.tensor([[4.5, -0.25]]), atol=2e-5)
     lo, hi = b.intermediate[0]
-    assert torch.allclose(lo, torch.tensor([[0.5, -1.5]]), atol=1e-6)
-    assert torch.allclose(hi, torch.tensor([[3.5, 1.5]]), atol=1e-6)
+    assert torch.allclose(lo, torch.tensor([[0.5, -1.5]]), atol=2e-5)
+    assert torch.allclose(hi, torch.tensor([[3.5, 1.5]]), atol=2e-5)
     lo, hi = b.intermediate[1]
-    assert torch.allclose(lo, torch.tensor([[0.5, -0.75]]), atol=1e-6)
-    assert torch.allclose(hi, torch.tensor([[3.5, 1.5]]), atol=1e-6)
+    assert torch.allclose(lo, torch.tensor([[0.5, -0.75]]), atol=2e-5)
+    assert torch.allclose(hi, torch.tensor([[3.5, 1.5]]), atol=2e-5)
     ibp = get_bounder("ibp").bound(net, dom)
-    assert torch.allclose(ibp.lower, torch.tensor([[0.5, -5.0]]), atol=1e-6)
+    assert torch.allclose(ibp.lower, torch.tensor([[0.5, -5.0]]), atol=2e-5)
 
 
 def test_fixed_phases_exact() -> None:

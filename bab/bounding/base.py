@@ -157,10 +157,33 @@ class Bounder(Protocol):
         ...
 
 
+def round_down(x64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x64`` in ``dtype``, rounded toward ``-inf`` (a cast rounds to nearest)."""
+    y = x64.to(dtype)
+    if dtype == x64.dtype:
+        return y
+    return torch.where(y.double() > x64, torch.nextafter(y, torch.full_like(y, -float("inf"))), y)
+
+
+def round_up(x64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x64`` in ``dtype``, rounded toward ``+inf``."""
+    return -round_down(-x64, dtype)
+
+
 def clause_bounds(C: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval bounds of ``C y`` for ``y`` in ``[lo, hi]`` (``C``: [N, M, n], box: [N, n])."""
+    """Interval bounds of ``C y`` for ``y`` in ``[lo, hi]`` (``C``: [N, M, n], box: [N, n]).
+
+    Computed in float64 and rounded outward (``gamma_{n+4}`` times the magnitudes), so the
+    result is sound in the input dtype even for wide boxes, where ``mid - rad`` cancels.
+    """
+    dtype = C.dtype
+    C, lo, hi = C.double(), lo.double(), hi.double()
     mid = ((lo + hi) / 2).unsqueeze(-1)
     rad = ((hi - lo) / 2).unsqueeze(-1)
+    rad = rad + torch.finfo(torch.float64).eps * (mid.abs() + rad)
     centre = torch.bmm(C, mid).squeeze(-1)
     spread = torch.bmm(C.abs(), rad).squeeze(-1)
-    return centre - spread, centre + spread
+    n = C.shape[-1] + 4
+    u = torch.finfo(torch.float64).eps / 2
+    err = n * u / (1 - n * u) * (torch.bmm(C.abs(), mid.abs()).squeeze(-1) + spread)
+    return round_down(centre - spread - err, dtype), round_up(centre + spread + err, dtype)

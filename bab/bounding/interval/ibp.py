@@ -20,38 +20,71 @@ Interval = tuple[torch.Tensor, torch.Tensor]
 RULES: Registry = Registry("ibp")
 
 
-def _affine(lo: torch.Tensor, hi: torch.Tensor, linear, linear_abs) -> Interval:
-    """Mid/radius propagation through an affine map."""
+def gamma(n: int, dtype: torch.dtype) -> float:
+    """Higham's ``gamma_n = n u / (1 - n u)`` (``u``: unit roundoff of ``dtype``)."""
+    u = torch.finfo(dtype).eps / 2
+    return n * u / (1 - n * u)
+
+
+def widen(lo: torch.Tensor, hi: torch.Tensor, err: torch.Tensor | float) -> Interval:
+    """``[lo - err, hi + err]`` plus the smallest normal number (underflow)."""
+    tiny = torch.finfo(lo.dtype).tiny
+    return lo - err - tiny, hi + err + tiny
+
+
+def _affine(lo: torch.Tensor, hi: torch.Tensor, linear, linear_abs, fan_in: int) -> Interval:
+    """Mid/radius propagation through an affine map, rounded outward.
+
+    ``linear`` includes the bias, ``linear_abs`` applies ``|W|`` without it. The float error
+    of each output is at most ``gamma_{n+4} (|W| (|mid| + rad) + |b|)`` for ``n`` products per
+    output (the +4 covers the mid/radius and the final additions). Since
+    ``|b| <= |W mid + b| + |W| |mid|``, the quantity ``2 |W| |mid| + |W| rad + |W mid + b|``
+    bounds it from above using the products already needed.
+    """
     mid, rad = (hi + lo) / 2, (hi - lo) / 2
+    rad = rad + torch.finfo(rad.dtype).eps * (mid.abs() + rad)  # mid/rad rounding
     centre, spread = linear(mid), linear_abs(rad)
-    return centre - spread, centre + spread
+    mag = 2 * linear_abs(mid.abs()) + spread + centre.abs()
+    return widen(centre - spread, centre + spread, gamma(fan_in + 4, lo.dtype) * mag)
 
 
 @RULES.register(L.Linear)
 def _linear(layer: L.Linear, box: Interval) -> Interval:
     return _affine(*box, lambda x: F.linear(x, layer.weight, layer.bias),
-                   lambda r: F.linear(r, layer.weight.abs()))
+                   lambda r: F.linear(r, layer.weight.abs()), layer.weight.shape[1])
 
 
 @RULES.register(L.Conv2d)
 def _conv(layer: L.Conv2d, box: Interval) -> Interval:
     args = (layer.stride, layer.padding, layer.dilation, layer.groups)
+    fan_in = layer.weight.shape[1] * layer.weight.shape[2] * layer.weight.shape[3]
     return _affine(*box, lambda x: F.conv2d(x, layer.weight, layer.bias, *args),
-                   lambda r: F.conv2d(r, layer.weight.abs(), None, *args))
+                   lambda r: F.conv2d(r, layer.weight.abs(), None, *args), fan_in)
 
 
 @RULES.register(L.ElementwiseAffine)
 def _scale(layer: L.ElementwiseAffine, box: Interval) -> Interval:
     a, b = box[0] * layer.scale, box[1] * layer.scale
-    return torch.minimum(a, b) + layer.shift, torch.maximum(a, b) + layer.shift
+    lo, hi = torch.minimum(a, b) + layer.shift, torch.maximum(a, b) + layer.shift
+    err = gamma(2, lo.dtype) * (torch.maximum(a.abs(), b.abs()) + layer.shift.abs())
+    return widen(lo, hi, err)
 
 
 @RULES.register(L.Add)
 def _add(layer: L.Add, a: Interval, b: Interval) -> Interval:
-    return a[0] + b[0], a[1] + b[1]
+    lo, hi = a[0] + b[0], a[1] + b[1]
+    return widen(lo, hi, gamma(1, lo.dtype) * torch.maximum(lo.abs(), hi.abs()))
 
 
-@RULES.register(L.ReLU, L.Sigmoid, L.Tanh, L.MaxPool2d, L.Reshape, L.Transpose, L.Pad)
+@RULES.register(L.Sigmoid, L.Tanh)
+def _s_shaped(layer: L.Layer, box: Interval) -> Interval:
+    """Monotone, but torch's sigmoid/tanh are not correctly rounded: a few ulps outward."""
+    lo, hi = layer.forward(box[0]), layer.forward(box[1])
+    eps = torch.finfo(lo.dtype).eps
+    return widen(lo, hi, 4 * eps * torch.maximum(lo.abs(), hi.abs()))
+
+
+@RULES.register(L.ReLU, L.MaxPool2d, L.Reshape, L.Transpose, L.Pad)
 def _monotone(layer: L.Layer, box: Interval) -> Interval:
     """Layers that are monotone non-decreasing in each input: apply to both ends."""
     return layer.forward(box[0]), layer.forward(box[1])
@@ -59,7 +92,11 @@ def _monotone(layer: L.Layer, box: Interval) -> Interval:
 
 @RULES.register(L.AvgPool2d)
 def _avgpool(layer: L.AvgPool2d, box: Interval) -> Interval:
-    return layer.forward(box[0]), layer.forward(box[1])
+    """Monotone with non-negative weights summing to at most 1: ends, plus rounding."""
+    lo, hi = layer.forward(box[0]), layer.forward(box[1])
+    k = layer.kernel[0] * layer.kernel[1]
+    err = gamma(k + 2, lo.dtype) * layer.forward(torch.maximum(box[0].abs(), box[1].abs()))
+    return widen(lo, hi, err)
 
 
 def apply_phase(box: Interval, phase: torch.Tensor | None) -> Interval:
