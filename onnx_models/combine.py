@@ -74,7 +74,11 @@ def cut_at(data: bytes, tensor: str, label: str) -> Network:
     if tensor not in known:  # no inferred type: the input's element type, unknown shape
         elem = model.graph.input[0].type.tensor_type.elem_type
         model.graph.value_info.append(onnx.helper.make_tensor_value_info(tensor, elem, None))
-    sub = Extractor(model).extract_model([_input_name(model)], [tensor])
+    try:
+        sub = Extractor(model).extract_model([_input_name(model)], [tensor])
+    except (ValueError, KeyError) as exc:  # onnx's extractor: a tensor it cannot reach
+        from onnx_models.errors import OnnxModelError
+        raise OnnxModelError(f"{label}: cannot cut the model at node output {tensor!r}: {exc}") from exc
     return convert_model(sub.SerializeToString(), label)
 
 
