@@ -315,12 +315,15 @@ class Checkpointer:
 
 def open_checkpoint(path: str | Path, model: str | Path, prop: str | Path, cfg: Any,
                     interval: float = 60.0, resume: bool = False) -> Checkpointer:
-    """A checkpointer for one run; with ``resume`` and an existing file, its checked state."""
+    """A checkpointer for one run; with ``resume`` and an existing file, its checked state.
+    Temporary files that a run killed while writing left beside ``path`` are removed."""
     if not interval >= 0:
         raise CheckpointError("the checkpoint interval must be at least 0 seconds")
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {path.parent}")
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed mid-write
+        stale.unlink(missing_ok=True)
     hashes = fingerprint(model, prop, cfg)
     state = load_state(path, hashes, cfg.verify.device) if resume and path.exists() else None
     return Checkpointer(path, hashes, interval, state)

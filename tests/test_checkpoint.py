@@ -153,6 +153,31 @@ def test_stop_and_resume_tiny_network(tmp_path: Path) -> None:
     assert not done.resumed and verify_resumable(net, prop, cfg, done, 1).status.value == "unsat"
 
 
+def test_stop_and_resume_input_split_portfolio(tmp_path: Path) -> None:
+    """Input-split BaB (the auto portfolio of two branchers): each brancher's search resumes
+    where it stopped, so the resumed run repeats the uninterrupted one's domain counts."""
+    torch.set_num_threads(1)
+    net, prop = tiny_instance(tmp_path)
+    cfg = C.load(None, [{"verify": {"method": "bab", "threads": 1}, "bab": {"batch_size": 16, "portfolio_slice": 20}}])
+    full = verify_resumable(net, prop, cfg, open_checkpoint(tmp_path / "full.pt", net, prop, cfg), 120)
+    counts = full.stats.extra["bab"].extra["portfolio_domains"]
+    assert full.status.value == "unsat" and counts["bound-improvement"] > 16
+
+    ck = tmp_path / "part.pt"
+    part = open_checkpoint(ck, net, prop, cfg, 0.0)
+    part.__class__ = StopAfter
+    part.limit = 3
+    with pytest.raises(Stopped):
+        verify_resumable(net, prop, cfg, part, 120)
+    state = load(ck)
+    saved = state["engines"]["bound-improvement"]
+    assert 0 < saved["stats"]["domains_visited"] < counts["bound-improvement"]
+    assert len(saved["store"]["batch"]["priority"]) > 0 and "_gen" in state["problem"]
+    res = verify_resumable(net, prop, cfg, open_checkpoint(ck, net, prop, cfg, resume=True), 120)
+    assert res.status.value == "unsat"
+    assert res.stats.extra["bab"].extra["portfolio_domains"]["bound-improvement"] == counts["bound-improvement"]
+
+
 # ------------------------------------------------------------------------ command line
 
 
