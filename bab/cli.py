@@ -61,8 +61,9 @@ class _PrintAction(argparse.Action):
         parser.exit(EXIT_OK)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every command registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every command registered (``only``: just that command, so a
+    run imports only its own command module: start-up is counted in every instance)."""
     parser = argparse.ArgumentParser(
         prog="bab", description="Complete branch-and-bound neural-network verifier (ONNX + VNN-LIB).")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the solver's version and exit (VNN-LIB 2.0 §5.2)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMANDS:
+    for name in (only,) if only in COMMANDS else COMMANDS:
         importlib.import_module(f"bab.commands.{name}").register(sub)
     return parser
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(standard.solver_name() if argv[0] == "--name" else standard.solver_version())
         return EXIT_OK
-    parser = build_parser()
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

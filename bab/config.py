@@ -66,6 +66,9 @@ class VerifyConfig:
     seed: int = opt(0, "Random seed for attacks and sampling.")
     timeout: float = opt(300.0, "Wall-clock limit in seconds for one instance.")
     threads: int = opt(0, "Torch intra-op threads (0: automatic, one thread for small networks, else torch's default).")
+    fast_path: bool = opt(True, "Try the NumPy fast path first (fully connected ReLU networks with box inputs, no torch import; docs/fastpath.md); undecided instances go to the torch pipeline.")
+    fast_path_budget: float = opt(5.0, "Seconds the fast path may spend before it hands the instance to the torch pipeline.")
+    fast_path_max_neurons: int = opt(4096, "Largest number of hidden ReLU neurons the fast path takes.")
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class BabConfig:
     fsb_candidates: int = opt(3, "FSB: candidates taken from each of its two score filters.")
     relu_batch_size: int = opt(256, "ReLU-split domains split per iteration (both children of each are bounded in one batched pass); capped by memory_budget_mb.")
     memory_budget_mb: int = opt(4096, "Memory for ReLU-split BaB: caps the domain batch and the number of open domains (beyond it the answer is unknown).")
+    batch_regions: bool = opt(True, "Bound the input regions of a property (a disjunction of boxes) as one batch: one search whose domains carry their region, roots of all regions in one pass (false: one search per region, one after another).")
 
     def __post_init__(self) -> None:
         names = ("smear", "bound-improvement", "widest")

@@ -22,13 +22,14 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 def checkpoint_from_args(args: argparse.Namespace, cfg: Any) -> Any:
     """The :class:`~bab.checkpoint.Checkpointer` of the command line, or ``None``."""
-    from bab.checkpoint import CheckpointError, open_checkpoint
     from bab.cli import BadInput
 
     if args.checkpoint is None:
         if args.resume:
             raise BadInput("--resume needs --checkpoint FILE")
         return None
+    from bab.checkpoint import CheckpointError, open_checkpoint  # imports torch: only when asked
+
     try:
         return open_checkpoint(args.checkpoint, args.model, args.property, cfg,
                                args.checkpoint_interval, args.resume)

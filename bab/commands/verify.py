@@ -118,12 +118,18 @@ def run(args: argparse.Namespace) -> int:
     start = PROCESS_START - (ckpt.elapsed_before if ckpt is not None else 0.0)  # resumed: time spent counts
     writer = ResultWriter(args.results_file)
     watchdog = start_watchdog(writer, timeout, start, label)
-    from bab.api import verify
-    from bab.checkpoint import verify_resumable
+    result = None
+    if ckpt is None and cfg.verify.fast_path and cfg.verify.method == "default":
+        from bab.fastpath import try_fast_path  # NumPy only: decided here, torch is never imported
 
-    if ckpt is None:
+        result = try_fast_path(args.model, args.property, cfg, timeout, start)
+    if result is None and ckpt is None:
+        from bab.api import verify
+
         result = verify(args.model, args.property, cfg, timeout=timeout, start=start)
-    else:
+    elif result is None:
+        from bab.checkpoint import verify_resumable
+
         result = verify_resumable(args.model, args.property, cfg, ckpt, timeout, start)
     watchdog.cancel()
     if writer.write(results_text(result)):
