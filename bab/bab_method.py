@@ -7,7 +7,9 @@ the same engine, loop, deadline, statistics and replay rules with ``bab.bounder 
 built on beta-CROWN's warm starts, a bounder set there makes BaB split the input box. The
 strategy is chosen from the network and the property only: input
 splitting when the network has at most ``bab.input_split_threshold`` inputs, otherwise ReLU
-splitting. Regions are separate roots; the instance is ``unsat`` only when every region is.
+splitting. The regions of a property (a disjunction of input boxes) are searched as one batch
+by input splitting (``bab.batch_regions``: every domain carries its region; ReLU splitting
+searches them one after another); the instance is ``unsat`` only when every region is.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ import torch
 
 from bab.engine import BabOutcome, BabStats, Engine, EngineOptions
 from bab.methods import Outcome
+from bab.region_batch import group_regions
 from bab.result import Status
+
+
+COUNTERS = {"bound_calls", "regions", "adam_steps", "infeasible", "hair_rechecks", "attack_candidates",
+            "ball_dropped"}  # statistics of a region's search that sum over regions
 
 
 def choose_strategy(n_inputs: int, threshold: int, forced: str | None = None) -> tuple[str, str]:
@@ -65,17 +72,25 @@ class BabMethod:
 
 
 def decide_regions(pipeline: Any, strategy: str,
-                   run: Callable[[Any, Any, int], tuple[BabOutcome, BabStats]]) -> Outcome:
-    """One BaB run per region (``run(pipeline, region, index)``): ``sat`` on the first
-    replayed counterexample, ``unsat`` only when every region is, statistics summed."""
+                   run: Callable[[Any, Any, Any], tuple[BabOutcome, BabStats]]) -> Outcome:
+    """BaB per group of regions: with ``bab.batch_regions`` (input split), one search over all
+    regions of one input-set kind (``run(pipeline, regions, indices)``), else one per region
+    (``run(pipeline, region, index)``). ``sat`` on the first replayed counterexample, ``unsat``
+    only when every region is, statistics summed."""
     totals = BabStats(strategy=strategy)
     ckpt = getattr(pipeline, "checkpoint", None)  # bab.checkpoint.Checkpointer (resumable runs)
-    for index, region in enumerate(pipeline.spec.regions):
-        if ckpt is not None and not ckpt.enter_region(index, totals):
-            continue  # a resumed run finished this region before
-        outcome, stats = run(pipeline, region, index)
+    regions = list(pipeline.spec.regions)
+    batch = pipeline.cfg.bab.batch_regions and strategy == "input-split"
+    groups = group_regions(regions, batch)
+    totals.extra["region_groups"] = len(groups)
+    for g, members in enumerate(groups):
+        if ckpt is not None and not ckpt.enter_region(g, totals):
+            continue  # a resumed run finished this group before
+        if len(members) == 1:
+            outcome, stats = run(pipeline, regions[members[0]], members[0])
+        else:
+            outcome, stats = run(pipeline, [regions[i] for i in members], members)
         _merge(totals, stats)
-        totals.extra.update(stats.extra)
         pipeline.stats.extra["bab"] = totals
         if outcome.verdict == "sat":
             pipeline.stats.proved_by = f"{strategy} bab (counterexample)"
@@ -86,8 +101,9 @@ def decide_regions(pipeline: Any, strategy: str,
     return Outcome(Status.UNSAT)
 
 
-def run_input_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, BabStats]:
-    """Input-split BaB on one region: one brancher, or the ``auto`` portfolio of several."""
+def run_input_split(pipeline: Any, region: Any, index: Any) -> tuple[BabOutcome, BabStats]:
+    """Input-split BaB on one region (or a list of regions and their indices, searched as one
+    batch): one brancher, or the ``auto`` portfolio of several."""
     from bab.portfolio import interleave
 
     from bab.bounding import BounderRefusal
@@ -124,8 +140,9 @@ def run_input_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome,
         pipeline.stats.extra["bab"] = totals
 
 
-def _input_problem(pipeline: Any, region: Any, index: int) -> Any:
-    """The InputSplitProblem of one region, with its bounder cascade and leaf solver."""
+def _input_problem(pipeline: Any, region: Any, index: Any) -> Any:
+    """The InputSplitProblem of one region (or a batch of them), with its bounder cascade and
+    leaf solver."""
     from bab.bounding import get_bounder
     from bab.input_split import InputSplitProblem
     from bab.relu_bab import make_leaf_solver
@@ -173,3 +190,8 @@ def _merge(total: BabStats, part: BabStats) -> None:
         setattr(total, name, getattr(total, name) + getattr(part, name))
     total.max_queue = max(total.max_queue, part.max_queue)
     total.max_depth = max(total.max_depth, part.max_depth)
+    for key, value in part.extra.items():  # counters add up over regions; the rest: the latest
+        old = total.extra.get(key)
+        counter = key in COUNTERS or key.endswith("_leaves")
+        summable = isinstance(value, int) and isinstance(old, int) and not isinstance(value, bool)
+        total.extra[key] = old + value if counter and summable else value

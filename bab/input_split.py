@@ -1,26 +1,31 @@
-"""Input-split branch and bound: domains are sub-boxes of one region's input box.
+"""Input-split branch and bound: domains are sub-boxes of the property's input regions.
 
-Every open domain carries a mask of the region's clauses it has not yet refuted. A batch of
-sub-boxes is bounded in one CROWN pass over all clause rows; a clause is refuted on a box
-when one of its rows has a lower bound above its ``d`` (with a float slack, and a float64
-re-check of rows refuted by a hair). A box with no open clause is dropped.
+The problem holds one region or several (a disjunction of input regions, bounded as one batch:
+:mod:`bab.region_batch`); every domain carries its ``region`` index, which selects the clause
+rows ``C``/``d`` it is bounded against, and a mask of that region's clauses it has not yet
+refuted. A batch of sub-boxes (of any regions) is bounded in one CROWN pass; a clause is
+refuted on a box when one of its rows has a lower bound above its ``d`` (with a float slack,
+and a float64 re-check of rows refuted by a hair). A box with no open clause is dropped. A
+region is proven once none of its boxes is left, the property once no box is left.
 
-With an ℓ2/ℓ1 ball (``Region.ball``) the root is the ball's box hull; every sub-box is bounded
-over ``ball ∩ sub-box`` (the bounders get the ball in ``Domains``), sub-boxes that miss the
-ball are dropped as empty, attack points are projected onto the ball, and leaves go to the
+With ℓ2/ℓ1 balls (``Region.ball``) a region's root is its ball's box hull; every sub-box is
+bounded over ``ball ∩ sub-box`` (the bounders get the ball in ``Domains``), sub-boxes that miss
+the ball are dropped as empty, attack points are projected onto the ball, and leaves go to the
 exact solver with the ball.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from bab.bounding import Bounder, Domains, check_input_set
-from bab.bounding.balls import ball_kwargs, misses_ball, project, region_ball
+from bab.bounding.balls import misses_ball, project
+from bab.region_batch import ball_rows, stack_regions
 from bab.result import Counterexample
 from bab.store import TensorBatch
 from onnx_models.network import Network
@@ -31,14 +36,19 @@ MIN_WIDTH = 1e-9  # boxes narrower than this in every dimension cannot be split 
 
 
 class InputSplitProblem:
-    """The SplitProblem for one region (see :mod:`bab.engine`)."""
+    """The SplitProblem for one region or a batch of regions (see :mod:`bab.engine`).
 
-    def __init__(self, network: Network, region: Region, region_index: int, bounder: list[Bounder],
-                 exact_bounder: Bounder, replay: Any, margin: float = 1e-6,
+    ``region``/``region_index``: one :class:`Region` and its index in the property, or
+    sequences of them (replayed counterexamples name the property's region index).
+    """
+
+    def __init__(self, network: Network, region: Region | Sequence[Region], region_index: int | Sequence[int],
+                 bounder: list[Bounder], exact_bounder: Bounder, replay: Any, margin: float = 1e-6,
                  check_time: Any = lambda: None, chunk: int = 4096) -> None:
         self.net = network
-        self.region = region
-        self.index = region_index
+        self.regions = [region] if isinstance(region, Region) else list(region)
+        self.indices = [region_index] if isinstance(region_index, int) else list(region_index)
+        self.index = self.indices[0]
         self.bounders = bounder  # a cascade: each later bounder sees only the survivors
         self.exact = exact_bounder
         self.replay = replay
@@ -46,15 +56,13 @@ class InputSplitProblem:
         self.check_time = check_time
         self.chunk = chunk
         self.dtype, self.device = network.dtype, _device(network)
-        kw = dict(dtype=self.dtype, device=self.device)
-        rows = np.concatenate([c.C for c in region.clauses])
-        self.C = torch.as_tensor(rows, **kw)
-        self.d = torch.as_tensor(np.concatenate([c.d for c in region.clauses]), **kw)
-        owner = np.repeat(np.arange(len(region.clauses)), [c.n_rows for c in region.clauses])
-        self.R = torch.as_tensor(owner[:, None] == np.arange(len(region.clauses))[None], device=self.device)
-        self.root_width = torch.as_tensor(region.upper - region.lower, **kw).clamp(min=MIN_WIDTH)
-        self.ball = region_ball(region, 1, **kw)  # {} for a box (or an ℓ∞ ball: a box too)
-        self.rowless = any(c.n_rows == 0 for c in region.clauses)
+        stack = stack_regions(self.regions, network.n_outputs, dtype=self.dtype, device=self.device)
+        self.C, self.d, self.R = stack.C, stack.d, stack.R  # [Rg, M, n_out], [Rg, M], [Rg, M, K]
+        self.valid, self.clause_ok, self.rowless_region = stack.valid, stack.clause_ok, stack.rowless
+        self.region_lower, self.region_upper = stack.lower, stack.upper
+        self.root_width = (stack.upper - stack.lower).clamp(min=MIN_WIDTH)  # [Rg, n_in]
+        self.ball = stack.ball  # {} for boxes (and ℓ∞ balls: boxes too)
+        self.rowless = bool(stack.rowless.all())
         self.leaf_solver: Any = None  # decides boxes too small to split (see decide_leaves)
         self.leaf_time_limit = 10.0
         self.late_bounders: list[Bounder] = []  # join the cascade once late_after boxes were bounded
@@ -66,55 +74,65 @@ class InputSplitProblem:
         self.exact_time_limit = 1.0  # seconds per clause of such a box
         self._exact_time, self._t0 = 0.0, time.monotonic()
         self.remaining: Any = lambda: float("inf")
-        self.stats: dict[str, int] = {}
+        self.stats: dict[str, int] = {"bound_calls": 0, "regions": len(self.regions)}
         self.pgd_boxes = 32  # best points per batch given a short PGD attack (0: none)
         self.samples = 4  # points tried per box and batch: the centre plus random ones
-        self._gen = torch.Generator().manual_seed(region_index)
+        self._gen = torch.Generator().manual_seed(self.index)
 
     def check_sets(self) -> None:
-        """:class:`BounderRefusal` when a bounder of the cascade cannot handle the region's set."""
+        """:class:`BounderRefusal` when a bounder of the cascade cannot handle the regions' set."""
         for bounder in self.bounders + self.late_bounders + [self.exact]:
             check_input_set(bounder, self.ball.get("p", "box"))
 
-    def _ball_kw(self, n: int, dtype: torch.dtype) -> dict[str, Any]:
-        """``Domains`` keyword arguments of the region's ball for ``n`` domains."""
-        return ball_kwargs(self.ball, n, dtype)
+    def _ball_kw(self, region: torch.Tensor, dtype: torch.dtype) -> dict[str, Any]:
+        """``Domains`` keyword arguments of the balls of domains in ``region`` (``[N]``)."""
+        return ball_rows(self.ball, region, dtype)
 
-    def _into_ball(self, x: torch.Tensor) -> torch.Tensor:
-        """Points projected onto the ball and clipped to the region's box (so still in the
+    def _into_ball(self, x: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """Points projected onto their region's ball and clipped to its box (so still in the
         ball: the centre lies in the box); unchanged without a ball."""
         if not self.ball:
             return x
-        lo = torch.as_tensor(self.region.lower).to(x)
-        hi = torch.as_tensor(self.region.upper).to(x)
-        return project(x, self.ball["center"], self.ball["eps"], self.ball["p"], lo, hi)
+        lo, hi = self.region_lower[region].to(x), self.region_upper[region].to(x)
+        return project(x, self.ball["center"][region], self.ball["eps"][region], self.ball["p"], lo, hi)
 
     @property
     def n_clauses(self) -> int:
-        """Number of clauses of the region."""
-        return int(self.R.shape[1])
+        """Number of clauses of the largest region."""
+        return int(self.R.shape[2])
 
     def roots(self) -> TensorBatch:
-        """The region's box with every clause open."""
-        kw = dict(dtype=self.dtype, device=self.device)
+        """One box per region, every clause of the region open."""
+        n = len(self.regions)
         return TensorBatch({
-            "lower": torch.as_tensor(self.region.lower, **kw)[None],
-            "upper": torch.as_tensor(self.region.upper, **kw)[None],
-            "open": torch.ones(1, self.n_clauses, dtype=torch.bool, device=self.device),
-            "depth": torch.zeros(1, dtype=torch.long, device=self.device),
+            "lower": self.region_lower.clone(), "upper": self.region_upper.clone(),
+            "open": self.clause_ok.clone(),
+            "depth": torch.zeros(n, dtype=torch.long, device=self.device),
+            "region": torch.arange(n, dtype=torch.long, device=self.device),
         })
 
-    def _row_bounds(self, bounder: Bounder, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-        """Lower bounds of ``C y - d`` per row, ``[N, M]`` (in chunks, checking the deadline)."""
+    def rows_of(self, batch: TensorBatch) -> torch.Tensor:
+        """``[N, M, n_out]``: the clause rows of every domain's region."""
+        return self.C[batch["region"]]
+
+    def root_width_of(self, batch: TensorBatch) -> torch.Tensor:
+        """``[N, n_in]``: the widths of every domain's region box."""
+        return self.root_width[batch["region"]]
+
+    def _row_bounds(self, bounder: Bounder, lower: torch.Tensor, upper: torch.Tensor,
+                    region: torch.Tensor) -> torch.Tensor:
+        """Lower bounds of ``C y - d`` per row of each box's region, ``[N, M]`` (-inf on padded
+        rows; in chunks, checking the deadline)."""
         net, parts = self._net_for(lower.dtype), []
         for s in range(0, lower.shape[0], self.chunk):
             self.check_time()
-            lo, hi = lower[s:s + self.chunk], upper[s:s + self.chunk]
-            C = self.C.to(lower.dtype).expand(lo.shape[0], *self.C.shape)
-            dom = Domains(lo, hi, C, **self._ball_kw(lo.shape[0], lo.dtype))
+            lo, hi, reg = lower[s:s + self.chunk], upper[s:s + self.chunk], region[s:s + self.chunk]
+            dom = Domains(lo, hi, self.C[reg].to(lower.dtype), **self._ball_kw(reg, lo.dtype))
             parts.append(bounder.bound(net, dom).lower.detach())
-        lb = torch.cat(parts) if parts else lower.new_zeros(0, self.C.shape[0])
-        return lb - self.d.to(lb.dtype)
+            self.stats["bound_calls"] += 1
+        lb = torch.cat(parts) if parts else lower.new_zeros(0, self.C.shape[1])
+        gap = lb - torch.where(self.valid, self.d, torch.zeros_like(self.d))[region].to(lb.dtype)
+        return torch.where(self.valid[region], gap, torch.full_like(gap, -float("inf")))
 
     def _net_for(self, dtype: torch.dtype) -> Network:
         if dtype == self.dtype:
@@ -127,44 +145,57 @@ class InputSplitProblem:
 
     def _refuted(self, gap: torch.Tensor, batch: TensorBatch) -> torch.Tensor:
         """Rows refuted with the float slack; near-ties re-checked in float64."""
-        scale = gap.abs() + self.d.abs() + 1.0
+        region = batch["region"]
+        d = torch.where(self.valid, self.d, torch.zeros_like(self.d))[region].abs()
+        scale = gap.abs().nan_to_num(posinf=0.0) + d + 1.0
         slack = self.margin + (1e-5 if self.dtype == torch.float32 else 1e-12) * scale
         refuted = gap > slack
         hair = refuted & (gap <= HAIR * scale)
         if self.dtype != torch.float64 and bool(hair.any()):
             idx = hair.any(1).nonzero().flatten()
-            gap64 = self._row_bounds(self.exact, batch["lower"][idx].double(), batch["upper"][idx].double())
-            exact = gap64 > self.margin + 1e-12 * (gap64.abs() + self.d.double().abs() + 1.0)
+            gap64 = self._row_bounds(self.exact, batch["lower"][idx].double(), batch["upper"][idx].double(),
+                                     region[idx])
+            exact = gap64 > self.margin + 1e-12 * (gap64.abs().nan_to_num(posinf=0.0) + d[idx].double() + 1.0)
             refuted[idx] = exact.to(refuted.device)
         return refuted
 
     def bound(self, batch: TensorBatch) -> TensorBatch:
         """Refute clauses per box; keep boxes with an open clause, prioritised by their gap
         (``priority``) and hinted by their centre's clause margin (``hint``)."""
-        if not len(batch) or self.rowless:
-            if len(batch):
-                batch["priority"] = torch.full((len(batch),), -float("inf"), device=self.device)
+        if not len(batch):
             return batch
         if self.ball:  # sub-boxes that miss the ball hold no point of the input set
-            miss = misses_ball(self.ball["center"], self.ball["eps"], batch["lower"], batch["upper"], self.ball["p"])
+            reg = batch["region"]
+            miss = misses_ball(self.ball["center"][reg], self.ball["eps"][reg], batch["lower"], batch["upper"],
+                               self.ball["p"])
             self.stats["ball_dropped"] = self.stats.get("ball_dropped", 0) + int(miss.sum())
             batch = batch.select(~miss)
-            if not len(batch):
-                return batch
+        rowless = self.rowless_region[batch["region"]]
+        if bool(rowless.any()):  # a clause without rows holds everywhere: the attack decides
+            kept = batch.select(rowless)
+            kept["priority"] = torch.full((len(kept),), -float("inf"), device=self.device)
+            kept["hint"] = kept["priority"].clone()
+            return TensorBatch.cat([kept, self._bound_rows(batch.select(~rowless))])
+        return self._bound_rows(batch)
+
+    def _bound_rows(self, batch: TensorBatch) -> TensorBatch:
+        """:meth:`bound` for boxes of regions whose clauses all have rows."""
+        if not len(batch):
+            return batch
         late = self.late_bounders if self.bounded >= self.late_after else []
         self.bounded += len(batch)
         for k, bounder in enumerate(self.bounders + late):
             if k:
                 batch = batch.select(batch["open"].any(1))
-            gap = self._row_bounds(bounder, batch["lower"], batch["upper"])
+            gap = self._row_bounds(bounder, batch["lower"], batch["upper"], batch["region"])
             refuted = self._refuted(gap, batch)
-            clause_refuted = (refuted.float() @ self.R.float()) > 0
+            clause_refuted = torch.einsum("nm,nmk->nk", refuted.float(), self.R[batch["region"]].float()) > 0
             batch["open"] = batch["open"] & ~clause_refuted
-        batch["priority"] = self._open_clause_min(self._clause_gaps(gap), batch["open"])
+        batch["priority"] = self._open_clause_min(self._clause_gaps(gap, batch["region"]), batch["open"])
         batch = batch.select(batch["open"].any(1))
         with torch.no_grad():  # the store pops a share of boxes by how close their centre comes
-            batch["hint"] = self._clause_margin((batch["lower"] + batch["upper"]) / 2, batch["open"]) \
-                if len(batch) else batch["priority"]
+            batch["hint"] = self._clause_margin((batch["lower"] + batch["upper"]) / 2, batch["open"],
+                                                batch["region"]) if len(batch) else batch["priority"]
         return batch
 
     def attack(self, batch: TensorBatch) -> Counterexample | None:
@@ -173,37 +204,39 @@ class InputSplitProblem:
         replay the best few points."""
         if not len(batch):
             return None
-        lo, hi, open_ = batch["lower"], batch["upper"], batch["open"]
+        lo, hi, open_, reg = batch["lower"], batch["upper"], batch["open"], batch["region"]
         if self.samples > 1:
             k = self.samples
-            lo, hi, open_ = lo.repeat(k, 1), hi.repeat(k, 1), open_.repeat(k, 1)
+            lo, hi, open_, reg = lo.repeat(k, 1), hi.repeat(k, 1), open_.repeat(k, 1), reg.repeat(k)
             u = torch.rand(lo.shape, generator=self._gen, dtype=lo.dtype).to(lo.device)
             u[:len(batch)] = 0.5  # the centres
             x = lo + u * (hi - lo)
         else:
             x = (lo + hi) / 2
-        x = self._into_ball(x)
+        x = self._into_ball(x, reg)
         with torch.no_grad():
-            best = self._clause_margin(x, open_)
-        found = self._replay_best(x, best)
+            best = self._clause_margin(x, open_, reg)
+        found = self._replay_best(x, best, reg)
         if found is not None or self.pgd_boxes <= 0 or self.rowless:
             return found
         top = torch.argsort(best)[:self.pgd_boxes]
-        x = self._pgd(x[top], lo[top], hi[top], open_[top])
+        x = self._pgd(x[top], lo[top], hi[top], open_[top], reg[top])
         with torch.no_grad():
-            return self._replay_best(x, self._clause_margin(x, open_[top]))
+            return self._replay_best(x, self._clause_margin(x, open_[top], reg[top]), reg[top])
 
-    def _clause_margin(self, x: torch.Tensor, open_: torch.Tensor) -> torch.Tensor:
-        """``[N]``: the smallest margin ``max_row(C y - d)`` over each point's open clauses."""
+    def _clause_margin(self, x: torch.Tensor, open_: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """``[N]``: the smallest margin ``max_row(C y - d)`` over each point's open clauses (a
+        clause without rows: -inf, it always holds)."""
         y = self.net.forward(x)
-        clause_gap = self._clause_gaps(torch.einsum("mo,bo->bm", self.C, y) - self.d)
-        if self.rowless:
-            clause_gap = torch.full_like(clause_gap, -1.0)
-        return self._open_clause_min(clause_gap, open_)
+        d = torch.where(self.valid, self.d, torch.zeros_like(self.d))[region]
+        gap = torch.einsum("nmo,no->nm", self.C[region], y) - d
+        gap = torch.where(self.valid[region], gap, torch.full_like(gap, -float("inf")))
+        return self._open_clause_min(self._clause_gaps(gap, region), open_)
 
-    def _clause_gaps(self, gap: torch.Tensor) -> torch.Tensor:
+    def _clause_gaps(self, gap: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
         """Row values ``[N, M]`` -> per-clause ``[N, K]`` (the max over the clause's rows)."""
-        masked = torch.where(self.R[None], gap[:, :, None], torch.full_like(gap[:, :, None], -float("inf")))
+        R = self.R[region]
+        masked = torch.where(R, gap[:, :, None], torch.full_like(gap[:, :, None], -float("inf")))
         return masked.amax(1)
 
     @staticmethod
@@ -212,26 +245,26 @@ class InputSplitProblem:
         return torch.where(open_, clause_gap, torch.full_like(clause_gap, float("inf"))).amin(1)
 
     def _pgd(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor,
-             steps: int = 12) -> torch.Tensor:
+             region: torch.Tensor, steps: int = 12) -> torch.Tensor:
         """Sign-gradient descent on the clause margin, each point kept in its own box."""
         step = 0.25 * (hi - lo)
         for it in range(steps):
             x = x.detach().requires_grad_(True)
             with torch.enable_grad():
-                grad, = torch.autograd.grad(self._clause_margin(x, open_).sum(), x)
+                grad, = torch.autograd.grad(self._clause_margin(x, open_, region).sum(), x)
             with torch.no_grad():
-                x = self._into_ball(torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi))
+                x = self._into_ball(torch.minimum(torch.maximum(x - step * grad.nan_to_num().sign(), lo), hi), region)
             if it % 4 == 3:
                 step = step / 2
         return x.detach()
 
-    def _replay_best(self, x: torch.Tensor, best: torch.Tensor) -> Counterexample | None:
+    def _replay_best(self, x: torch.Tensor, best: torch.Tensor, region: torch.Tensor) -> Counterexample | None:
         """Replay (onnxruntime) the up to four points with the smallest non-positive margins."""
         best = best.detach()
         for i in torch.argsort(best)[:4].tolist():
             if best[i] > 0:
                 break
-            cex = self.replay(x[i].detach().double().cpu().numpy(), self.index)
+            cex = self.replay(x[i].detach().double().cpu().numpy(), self.indices[int(region[i])])
             if cex is not None:
                 return cex
         return None
@@ -272,13 +305,15 @@ class InputSplitProblem:
     def _decide_box(self, leaves: TensorBatch, i: int, tiny: bool) -> tuple[str, Counterexample | None]:
         """``("closed"|"open"|"sat", cex)`` for box ``i``; refuted clauses leave its ``open`` mask."""
         lo, hi = (leaves[k][i].double().cpu().numpy() for k in ("lower", "upper"))
-        boxes = self._boxes64(leaves["lower"][i], leaves["upper"][i])
+        r = int(leaves["region"][i])
+        region = self.regions[r]
+        boxes = self._boxes64(leaves["lower"][i], leaves["upper"][i], r)
         limit = self.leaf_time_limit if tiny else self.exact_time_limit
         still_open = False
         for k in leaves["open"][i].nonzero().flatten().tolist():
             self.check_time()
-            clause = self.region.clauses[k]
-            ball = {"ball": self.region.ball} if self.ball else {}
+            clause = region.clauses[k]
+            ball = {"ball": region.ball} if self.ball else {}
             res = self.leaf_solver.decide(self.net, lo, hi, clause.C, clause.d, intermediate=boxes,
                                           time_limit=max(0.05, min(limit, self.remaining())), **ball)
             key = f"{res.kind or 'solver'}_leaves"
@@ -287,17 +322,18 @@ class InputSplitProblem:
                 leaves["open"][i, k] = False
                 continue
             if res.status == "feasible" and res.x is not None:
-                cex = self.replay(np.asarray(res.x, np.float64), self.index)
+                cex = self.replay(np.asarray(res.x, np.float64), self.indices[r])
                 if cex is not None:
                     return "sat", cex
             still_open = True
         return ("open" if still_open else "closed"), None
 
-    def _boxes64(self, lower: torch.Tensor, upper: torch.Tensor) -> dict[int, Any]:
+    def _boxes64(self, lower: torch.Tensor, upper: torch.Tensor, region: int) -> dict[int, Any]:
         """Float64 bounds of every node's output on one box, widened by a hair (for the MILP)."""
         lo, hi = lower.double()[None], upper.double()[None]
-        C = self.C.double()[None]
-        dom = Domains(lo, hi, C, **self._ball_kw(1, torch.float64))
+        reg = torch.tensor([region], device=self.device)
+        C = self.C[reg].double()
+        dom = Domains(lo, hi, C, **self._ball_kw(reg, torch.float64))
         out = self.exact.bound(self._net_for(torch.float64), dom).intermediate or {}
         pad = lambda t: 1e-9 * (1.0 + t.abs())
         return {j: ((a - pad(a))[0].cpu().numpy(), (b + pad(b))[0].cpu().numpy()) for j, (a, b) in out.items()}
@@ -315,11 +351,12 @@ class InputSplitProblem:
         return TensorBatch({
             "lower": torch.cat([lo, right_lo]), "upper": torch.cat([left_hi, hi]),
             "open": batch["open"].repeat(2, 1), "depth": (batch["depth"] + 1).repeat(2),
+            "region": batch["region"].repeat(2),
         })
 
     def open_rows(self, batch: TensorBatch) -> torch.Tensor:
-        """``[N, M]`` mask of rows that belong to a still-open clause."""
-        return (batch["open"].float() @ self.R.float().T) > 0
+        """``[N, M]`` mask of rows that belong to a still-open clause of the domain's region."""
+        return torch.einsum("nk,nmk->nm", batch["open"].float(), self.R[batch["region"]].float()) > 0
 
 
 def _device(network: Network) -> torch.device:
@@ -327,4 +364,3 @@ def _device(network: Network) -> torch.device:
         for t in node.layer.tensors().values():
             return t.device
     return torch.device("cpu")
-

@@ -1,8 +1,9 @@
 """Input-split Branchers: which input dimension to halve for each box.
 
 Each brancher has ``name`` and ``choose(problem, batch) -> LongTensor [N]``; ``problem`` is an
-:class:`~bab.input_split.InputSplitProblem` (network, clause rows ``C``/``d``, bounder, root
-width) and ``batch`` the boxes (``lower``/``upper``/``open``).
+:class:`~bab.input_split.InputSplitProblem` (network, each box's clause rows ``rows_of(batch)``,
+root widths ``root_width_of(batch)``, ``open_rows``, ``_row_bounds``) and ``batch`` the boxes
+(``lower``/``upper``/``open``/``region``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ class Widest:
     name = "widest"
 
     def choose(self, problem: Any, batch: Any) -> torch.Tensor:
-        return ((batch["upper"] - batch["lower"]) / problem.root_width).argmax(1)
+        return ((batch["upper"] - batch["lower"]) / problem.root_width_of(batch)).argmax(1)
 
 
 class Smear:
@@ -37,7 +38,7 @@ class Smear:
                 g, = torch.autograd.grad(y[:, o].sum(), x, retain_graph=o < n_out - 1)
                 jac.append(g)
         J = torch.stack(jac, 1)  # [N, n_out, n_in]
-        rows = torch.einsum("mo,noi->nmi", problem.C, J).abs()
+        rows = torch.einsum("nmo,noi->nmi", problem.rows_of(batch), J).abs()
         rows = rows * problem.open_rows(batch)[:, :, None]
         score = rows.sum(1) * (hi - lo)
         widest = Widest().choose(problem, batch)
@@ -66,7 +67,8 @@ class BoundImprovement:
                           torch.where(eye.repeat(n, 1), mid.repeat_interleave(dims, 0), lo.repeat_interleave(dims, 0))])
         highs = torch.cat([torch.where(eye.repeat(n, 1), mid.repeat_interleave(dims, 0), hi.repeat_interleave(dims, 0)),
                            hi.repeat_interleave(dims, 0)])
-        gap = problem._row_bounds(bounder, lows, highs)  # [2*n*dims, M]
+        region = batch["region"].repeat_interleave(dims, 0).repeat(2)
+        gap = problem._row_bounds(bounder, lows, highs, region)  # [2*n*dims, M]
         gap = torch.where(problem.open_rows(batch).repeat_interleave(dims, 0).repeat(2, 1), gap,
                           torch.full_like(gap, -float("inf")))
         best_row = gap.amax(1).reshape(2, n, dims)  # a child's best refutation margin

@@ -103,7 +103,13 @@ class _Problem:
     def open_rows(self, batch):
         return batch["open"]
 
-    def _row_bounds(self, bounder, lower, upper):
+    def rows_of(self, batch):
+        return self.C.expand(len(batch), 1, 1)
+
+    def root_width_of(self, batch):
+        return self.root_width.expand(len(batch), -1)
+
+    def _row_bounds(self, bounder, lower, upper, region):
         from bab.bounding import Domains
 
         C = self.C.expand(lower.shape[0], 1, 1)
@@ -115,7 +121,7 @@ def test_branchers_pick_expected_dimension() -> None:
 
     p = _Problem()
     batch = TensorBatch({"lower": torch.tensor([[0.0, 0.0]]), "upper": torch.tensor([[1.0, 2.0]]),
-                         "open": torch.tensor([[True]])})
+                         "open": torch.tensor([[True]]), "region": torch.tensor([0])})
     assert Widest().choose(p, batch).tolist() == [1]  # dimension 1 is twice as wide
     assert Smear().choose(p, batch).tolist() == [0]  # 10 * 1 > 1 * 2
     assert BoundImprovement().choose(p, batch).tolist() == [0]
