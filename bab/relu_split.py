@@ -17,6 +17,13 @@ of every bound is tried as a counterexample (and a few PGD steps start from the 
 promising ones); a candidate only counts once it replays with onnxruntime. With an ℓ2/ℓ1
 ball (``Region.ball``) beta-CROWN concretises over ``ball ∩ box`` (the dual-norm bound), attack
 points are projected onto the ball and leaves go to the exact solver with the ball.
+
+Other nonlinearities (Sigmoid, Tanh, every kind in ``relax.UNARY``) are split too: a domain is
+then an interval of each split neuron's pre-activation. Splitting neuron ``i`` of node ``r``
+clips the stored box of its pre-activation ``lo<j>``/``hi<j>`` at :func:`split_point`, marks the
+clipped end in ``ph<r>`` (bit 1: lower, 2: upper) and beta-CROWN adds multipliers ``be<r>``
+``[K, M, 2, *shape]`` for those constraints; ``al<r>`` holds Sigmoid/Tanh tangent points
+``[K, M, 2, *shape]``. ReLU-only networks take exactly the former path (docs/relu_split.md).
 """
 
 from __future__ import annotations
