@@ -93,6 +93,21 @@ def require_ray() -> Any:
     return ray
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` or ``ray://host:port`` address must accept a TCP connection (Ray itself
+    keeps retrying an unreachable one for minutes); ``auto`` and the like pass unchecked."""
+    import socket
+
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ExecutorUnavailable(f"cannot reach a Ray cluster at {address}: {exc}") from None
+
+
 def project_root() -> str:
     """This checkout's root folder (put on the workers' ``PYTHONPATH``)."""
     return str(Path(__file__).resolve().parent.parent)
@@ -122,6 +137,7 @@ class RayExecutor:
         if self.address is None:
             kw.update(num_cpus=self.local_cpus, include_dashboard=False)
         else:
+            check_reachable(self.address)
             kw["address"] = self.address
         try:
             ray.init(**kw)

@@ -83,6 +83,16 @@ def test_ray_task_resources() -> None:
     assert (ex.num_cpus, ex.num_gpus, ex.local_cpus, ex.max_in_flight) == (4, 1, None, 3)
 
 
+def test_unreachable_cluster_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ray")
+    pytest.importorskip("vnnlib.parser")
+    fake_bench(tmp_path)
+    code = run_command([str(tmp_path / "fakebench" / "instances.csv"), "--executor", "ray",
+                        "--address", "127.0.0.1:1"])
+    assert code == 2
+    assert "cannot reach a Ray cluster at 127.0.0.1:1" in capsys.readouterr().err
+
+
 def test_results_csv_round_trip_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     """An interrupted run's CSV (last rows missing): ``--resume`` runs only those instances,
