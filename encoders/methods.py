@@ -86,6 +86,12 @@ def region_bounds(pipeline: Any, net: Any, region: Region, kind: str) -> tuple[d
     return inter, clauses_infeasible(lb, d, counts, pipeline.cfg.bounding.safety_margin, 1e-12), name
 
 
+def _refuse(pipeline: Any, reason: str) -> Outcome:
+    """``unknown`` because the method cannot handle the instance (reports show ``n/a``)."""
+    pipeline.stats.extra["refused"] = reason
+    return Outcome(Status.UNKNOWN, reason=reason)
+
+
 class SolverMethod:
     """Shared driver: bound each region, encode it, decide its open clauses."""
 
@@ -99,10 +105,9 @@ class SolverMethod:
         cfg = pipeline.cfg.solver
         net = float64_network(pipeline.network)
         if self.mode == "smt" and (why := smt_refusal(net)):
-            return Outcome(Status.UNKNOWN, reason=f"{self.name}: {why}")
+            return _refuse(pipeline, f"{self.name}: {why}")
         if self.mode == "smt" and any(r.ball is not None and r.ball.p == "2" for r in pipeline.spec.regions):
-            return Outcome(Status.UNKNOWN,
-                           reason=f"{self.name}: z3 (linear real arithmetic) cannot handle an ℓ2 ball")
+            return _refuse(pipeline, f"{self.name}: z3 (linear real arithmetic) cannot handle an ℓ2 ball")
         self.disp = dispatcher_for(cfg)
         open_reasons: list[str] = []
         for r, region in enumerate(pipeline.spec.regions):
@@ -115,7 +120,7 @@ class SolverMethod:
                 enc = encode(net, region.lower, region.upper, None, inter, check=pipeline.deadline.check,
                              ball=region.ball)
             except UnsupportedNetwork as exc:
-                return Outcome(Status.UNKNOWN, reason=f"{self.name}: {exc}")
+                return _refuse(pipeline, f"{self.name}: {exc}")
             if self.mode == "smt" and sum(b.out.size for b in enc.bilinear) > SMT_MAX_PRODUCTS:
                 return Outcome(Status.UNKNOWN, reason=f"{self.name}: more than {SMT_MAX_PRODUCTS} "
                                "products of two variables (z3's nonlinear arithmetic would not finish)")

@@ -140,7 +140,7 @@ def test_parallel_jobs_give_the_same_counts(zoo: dict) -> None:
 
 
 def test_unsupported_method_is_na_with_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """milp rejects sigmoids statically; a bounder raising UnsupportedLayerError inside verify
+    """smt (z3) rejects sigmoids statically; a bounder raising UnsupportedLayerError inside verify
     gives n/a too; a bounder refusing only some points leaves the cell a percentage."""
     import bab.bounding as bounding
     from bab.bounding import BounderRefusal, UnsupportedLayerError
@@ -169,18 +169,18 @@ def test_unsupported_method_is_na_with_a_reason(tmp_path: Path, monkeypatch: pyt
 
     fakes = {"crown": Refuses(), "ibp": RefusesFirst()}
     monkeypatch.setattr(bounding, "get_bounder", lambda n: fakes[n] if n in fakes else real(n))
-    res = api.compare([model], (x, y), eps=0.01, methods="milp,crown,ibp", limit=6, timeout=10)
-    milp, crown, ibp = (res.cell("sig", m) for m in ("milp", "crown", "ibp"))
-    assert milp.certified is None and "Sigmoid" in milp.reason
+    res = api.compare([model], (x, y), eps=0.01, methods="smt,crown,ibp", limit=6, timeout=10)
+    smt, crown, ibp = (res.cell("sig", m) for m in ("smt", "crown", "ibp"))
+    assert smt.certified is None and "Sigmoid" in smt.reason
     assert crown.certified is None and "no rule for layer Sigmoid" in crown.reason
     assert ibp.certified is not None
     ibp_rows = sorted((r for r in res.points if r.method == "ibp"), key=lambda r: r.point)
     assert ibp_rows[0].status == "n/a" and "inaccurate solve" in ibp_rows[0].reason
     assert all(r.status != "n/a" for r in ibp_rows[1:])
-    assert "n/a (" in milp.cell() and "0.0 %" not in milp.cell()
+    assert "n/a (" in smt.cell() and "0.0 %" not in smt.cell()
     assert res.markdown().count("n/a (") == 2
     frame = res.to_dataframe()
-    assert frame.loc[frame.method == "milp", "certified"].isna().all()
+    assert frame.loc[frame.method == "smt", "certified"].isna().all()
 
 
 def test_certifying_verify_is_called_without_falsification(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
