@@ -212,6 +212,7 @@ def test_verify_errors_exit_2_with_one_line(nets, tmp_path, capsys) -> None:
     assert "syntax.vnnlib:4:1: syntax error" in err(str(nets["syntax"]), "--network", f)
     assert "standard form" in err(str(nets["f"]), q, "--network", f)
     assert "--results-file" in err(q, "--network", f, "--results-file", str(tmp_path / "r.txt"))
+    assert "--checkpoint belongs" in err(q, "--network", f, "--checkpoint", str(tmp_path / "c.pt"))
 
 
 def test_vnncomp_form_unchanged(nets) -> None:

@@ -94,8 +94,11 @@ def standard_form(args: argparse.Namespace) -> bool:
     from bab.cli import BadInput
 
     if args.property is None:
-        if args.results_file:
-            raise BadInput("--results-file belongs to the form `bab verify MODEL.onnx PROP.vnnlib`")
+        for flag, given in (("--results-file", args.results_file),
+                            ("--checkpoint", getattr(args, "checkpoint", None)),
+                            ("--resume", getattr(args, "resume", False))):
+            if given:
+                raise BadInput(f"{flag} belongs to the form `bab verify MODEL.onnx PROP.vnnlib`")
         return True
     if args.network or args.serialise_assignments:
         raise BadInput("--network/--serialise-assignments belong to the standard form "
