@@ -174,7 +174,7 @@ class Pipeline:
                 return None
             falsifier = Falsifier(self.network, self.cfg.falsify, self.cfg.verify.seed,
                                   self.deadline.check)
-            for cand in falsifier.run(self.spec.regions):
+            for cand in falsifier.run(self.spec.regions, batch=self.cfg.bab.batch_regions):
                 self.stats.attack_candidates += 1
                 cex = self.replay(cand.x, cand.region)
                 if cex is not None:

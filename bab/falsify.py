@@ -143,14 +143,64 @@ class Falsifier:
         x = x.detach()
         return self._found(x, self._eval(x, C, d), idx)
 
-    def run(self, regions: tuple[Region, ...]) -> Iterator[Candidate]:
-        """Yield candidates: random phase over all regions, then PGD per region."""
+    def pgd_batched(self, items: list[tuple[int, Region, torch.Tensor]]) -> list[Candidate]:
+        """:meth:`pgd_phase` for several box regions in one loop: a row per (region, clause,
+        start) with its own box, step and clause rows (padded); the same start points and
+        iterates as one :meth:`pgd_phase` per region, in one batch."""
+        r, rows = self.cfg.pgd_restarts, []
+        for idx, region, seeds in items:
+            lo, hi = self._box(region)
+            C, d = clause_tensors(region, self.net.dtype, self.device)
+            starts = torch.cat([seeds[: max(1, r // 2)], self._sample(lo, hi, r, region)])[:r]
+            which = torch.arange(C.shape[0], device=self.device).repeat_interleave(starts.shape[0])
+            rows.append((starts.repeat(C.shape[0], 1), lo, hi, C, d, which))
+        m = max(C.shape[1] for *_, C, _, _ in rows)
+        pad = lambda C, d: (torch.nn.functional.pad(C, (0, 0, 0, m - C.shape[1])),
+                            torch.nn.functional.pad(d, (0, m - d.shape[1]), value=PAD))
+        x = torch.cat([x0 for x0, *_ in rows])
+        lo = torch.cat([lo.expand(len(x0), -1) for x0, lo, *_ in rows])
+        hi = torch.cat([hi.expand(len(x0), -1) for x0, _, hi, *_ in rows])
+        padded = [pad(C[w], d[w]) for *_, C, d, w in rows]
+        C_row, d_row = torch.cat([c for c, _ in padded]), torch.cat([d for _, d in padded])
+        step = self.cfg.pgd_step_size * (hi - lo).clamp(min=0)
+        for it in range(self.cfg.pgd_steps):
+            self.check_time()
+            x = x.detach().requires_grad_(True)
+            own = (torch.einsum("bmo,bo->bm", C_row, self.net.forward(x)) - d_row).amax(dim=-1)
+            grad, = torch.autograd.grad(own.sum(), x)
+            with torch.no_grad():
+                x = torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi)
+            if (it + 1) % 20 == 0:
+                step = step / 2
+        out, start = [], 0
+        for (idx, _, _), (x0, _, _, C, d, _) in zip(items, rows):
+            part = x[start:start + len(x0)].detach()
+            start += len(x0)
+            out += self._found(part, self._eval(part, C, d), idx)
+        return out
+
+    def run(self, regions: tuple[Region, ...], batch: bool = False) -> Iterator[Candidate]:
+        """Yield candidates: random phase over all regions, then PGD per region (``batch``:
+        one PGD loop over all box regions, up to ``max_batch`` rows at a time)."""
         seeds = []
         for idx, region in enumerate(regions):
             self.check_time()
             hits, ordered = self.random_phase(idx, region)
             yield from hits
             seeds.append(ordered)
+        if self.cfg.pgd_steps <= 0 or self.cfg.pgd_restarts <= 0:
+            return
+        group: list[tuple[int, Region, torch.Tensor]] = []
+        rows = 0
         for idx, region in enumerate(regions):
-            if self.cfg.pgd_steps > 0 and self.cfg.pgd_restarts > 0:
+            if not batch or _ball(region) is not None:
                 yield from self.pgd_phase(idx, region, seeds[idx])
+                continue
+            n = len(region.clauses) * self.cfg.pgd_restarts
+            if group and rows + n > self.cfg.max_batch:
+                yield from self.pgd_batched(group)
+                group, rows = [], 0
+            group.append((idx, region, seeds[idx]))
+            rows += n
+        if group:
+            yield from self.pgd_batched(group)
