@@ -14,8 +14,9 @@ returns them in item order. Nothing here prints or writes files.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -146,18 +147,26 @@ class RayExecutor:
             raise ExecutorUnavailable(f"cannot start Ray on {where}: {exc}") from None
         return True
 
-    def run(self, fn: Callable[[Any], Any], items: Sequence[Any], *,
-            on_start: OnStart | None = None, on_done: OnDone | None = None) -> list[Any]:
-        """See :class:`Executor`; ``on_start`` is called when a task is submitted."""
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """The ``ray`` module, connected for the block (a local cluster started here is
+        stopped after it); runs inside the block share the connection."""
         ray = require_ray()
-        if not items:
-            return []
         started = self._connect(ray)
         try:
-            return self._run(ray, fn, items, on_start, on_done)
+            yield ray
         finally:
             if started:
                 ray.shutdown()
+
+    def run(self, fn: Callable[[Any], Any], items: Sequence[Any], *,
+            on_start: OnStart | None = None, on_done: OnDone | None = None) -> list[Any]:
+        """See :class:`Executor`; ``on_start`` is called when a task is submitted."""
+        require_ray()
+        if not items:
+            return []
+        with self.session() as ray:
+            return self._run(ray, fn, items, on_start, on_done)
 
     def _run(self, ray: Any, fn: Callable[[Any], Any], items: Sequence[Any],
              on_start: OnStart | None, on_done: OnDone | None) -> list[Any]:

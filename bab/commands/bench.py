@@ -22,6 +22,8 @@ EXIT_OK, EXIT_WRONG, EXIT_BAD_INPUT = 0, 1, 2
 
 def register(sub: Any) -> None:
     """Add the ``bench`` sub-command."""
+    from bab.commands.executor_options import add_executor_arguments
+
     p = sub.add_parser(
         "bench", help="run and score a VNN-COMP instance list",
         description="Run every instance of a list (onnx,vnnlib,timeout) in its own "
@@ -40,11 +42,7 @@ def register(sub: Any) -> None:
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="instances run in parallel (default 1; with --executor ray: a local "
                         "cluster of N tasks' CPUs, or at most N tasks at once on --address)")
-    p.add_argument("--executor", choices=("process", "ray"), default="process",
-                   help="process: verifier processes here (default); ray: one Ray task each")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="with --executor ray: an existing cluster (auto, ray://host:port, "
-                        "host:port); default: start a local one")
+    add_executor_arguments(p)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="passed to `bab verify --device`; with ray, cuda tasks ask for one GPU")
     p.add_argument("--resume", action="store_true",
@@ -158,8 +156,10 @@ def _options(args: argparse.Namespace) -> Any:
         raise BenchInputError("--timeout-cap must be positive")
     if args.resume and not args.output:
         raise BenchInputError("--resume needs --output (the results CSV to continue)")
-    if args.address and args.executor != "ray":
-        raise BenchInputError("--address needs --executor ray")
+    from bab.commands.executor_options import executor_argument_error
+
+    if (problem := executor_argument_error(args)) is not None:
+        raise BenchInputError(problem)
     try:
         extra = shlex.split(args.extra_args)
     except ValueError as exc:
@@ -196,7 +196,8 @@ def ray_executor(extra: list[str], args: argparse.Namespace) -> tuple[list[str],
     """The extra arguments (one torch thread per task unless set) and the Ray executor:
     every task asks for as many CPUs as its threads, and one GPU with ``--device cuda``."""
     from bab.bench import BenchInputError
-    from bab.executors import ExecutorUnavailable, RayExecutor, require_ray
+    from bab.commands.executor_options import ray_executor_for
+    from bab.executors import ExecutorUnavailable, require_ray
 
     try:
         require_ray()
@@ -209,9 +210,7 @@ def ray_executor(extra: list[str], args: argparse.Namespace) -> tuple[list[str],
         raise BenchInputError("--executor ray needs verify.threads >= 1 (each task asks for "
                               "that many CPUs)")
     gpus = 1 if args.device == "cuda" else 0
-    local = None if args.address or args.jobs is None else args.jobs * threads
-    return extra, RayExecutor(address=args.address, num_cpus=threads, num_gpus=gpus,
-                              local_cpus=local, max_in_flight=args.jobs if args.address else None)
+    return extra, ray_executor_for(args.address, args.jobs, threads, gpus)
 
 
 def run(args: argparse.Namespace) -> int:

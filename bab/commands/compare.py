@@ -18,6 +18,8 @@ EXIT_BAD_INPUT = 2
 
 def register(sub: Any) -> None:
     """Add the ``compare`` sub-command."""
+    from bab.commands.executor_options import add_executor_arguments
+
     p = sub.add_parser(
         "compare", help="certified accuracy of every method on every model (SoK Table III)",
         description="Certify the first --limit points of --data in an l_p ball (--norm) of radius --eps "
@@ -32,7 +34,10 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N points of the data (default 100)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per (model, method, point) (default 60)")
     p.add_argument("--output", default=None, metavar="DIR", help="output folder (a rerun resumes it)")
-    p.add_argument("--jobs", type=int, default=None, metavar="N", help="points in parallel processes (default 1)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="points in parallel processes (default 1; with --executor ray: a local "
+                        "cluster of N tasks' CPUs, or at most N tasks at once on --address)")
+    add_executor_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (verify and PGD)")
     p.add_argument("--config", default=None, help="TOML or YAML configuration for verify")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -75,6 +80,7 @@ def _bad(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and print the Markdown table."""
     from bab.compare.data import CompareInputError
+    from bab.executors import ExecutorUnavailable
 
     if args.sok:
         from bab.commands.sok import run_sok_command
@@ -82,10 +88,14 @@ def run(args: argparse.Namespace) -> int:
         return run_sok_command(args)
     if args.quick:
         return _bad("--quick only goes with --sok")
-    _defaults(args)
     if args.smoothing:
+        if args.executor != "process" or args.address:
+            return _bad("--executor and --address apply to the certification table, not --smoothing")
+        _defaults(args)
         return run_smoothing(args)
     try:
+        executor = point_executor(args)
+        _defaults(args)
         from bab.compare.data import check_norm
 
         check_norm(args.norm)
@@ -98,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
         missing = [m for m in [*args.models, args.data] if not Path(m).is_file()]
         if missing:
             raise CompareInputError(f"file not found: {missing[0]}")
-        result = _compare(args)
-    except CompareInputError as exc:
+        result = _compare(args, executor)
+    except (CompareInputError, ExecutorUnavailable) as exc:
         return _bad(" ".join(str(exc).split()))
     print(result.markdown(), end="", flush=True)
     return 0
@@ -112,7 +122,29 @@ def _defaults(args: argparse.Namespace) -> None:
             setattr(args, key, value)
 
 
-def _compare(args: argparse.Namespace) -> Any:
+def point_executor(args: argparse.Namespace) -> Any:
+    """``None`` for ``--executor process`` (worker processes here), else the Ray executor:
+    one task per (model, method, point), asking for its torch threads' CPUs (raises
+    ``CompareInputError`` on a bad combination or without Ray). Call before ``--jobs`` gets
+    its default (without ``--jobs`` a local cluster uses every core)."""
+    from bab.commands.executor_options import executor_argument_error, ray_executor_for
+    from bab.compare.data import CompareInputError
+    from bab.compare.workers import POINT_THREADS
+    from bab.executors import ExecutorUnavailable
+
+    if (problem := executor_argument_error(args)) is not None:
+        raise CompareInputError(problem)
+    if args.executor != "ray":
+        return None
+    if args.jobs is not None and args.jobs < 1:
+        raise CompareInputError("--jobs must be >= 1")
+    try:
+        return ray_executor_for(args.address, args.jobs, POINT_THREADS)
+    except ExecutorUnavailable as exc:
+        raise CompareInputError(f"--executor ray: {exc}") from None
+
+
+def _compare(args: argparse.Namespace, executor: Any = None) -> Any:
     from bab import config as C
     from bab.compare.api import compare
     from bab.compare.data import CompareInputError
@@ -124,7 +156,7 @@ def _compare(args: argparse.Namespace) -> Any:
         raise CompareInputError(str(exc)) from None
     return compare(args.models, args.data, eps=args.eps, norm=args.norm, methods=args.methods,
                    limit=args.limit, timeout=args.timeout, jobs=args.jobs, output=args.output,
-                   config=cfg, seed=args.seed, processes=True, on_row=Progress())
+                   config=cfg, seed=args.seed, processes=True, on_row=Progress(), executor=executor)
 
 
 def _tuple(value: Any, cast: Any) -> tuple:

@@ -19,9 +19,10 @@ def _log(message: str) -> None:
 
 def run_sok_command(args: argparse.Namespace) -> int:
     """Check the options that --sok fixes itself, then run it."""
-    from bab.commands.compare import Progress, _bad
+    from bab.commands.compare import Progress, _bad, point_executor
     from bab.compare.data import CompareInputError
     from bab.compare.sok import run_sok, settings_for
+    from bab.executors import ExecutorUnavailable
 
     fixed = [name for name, given in (("MODEL.onnx", bool(args.models)), ("--data", args.data is not None),
                                       ("--eps", args.eps is not None), ("--smoothing", args.smoothing),
@@ -30,10 +31,11 @@ def run_sok_command(args: argparse.Namespace) -> int:
     if fixed:
         return _bad(f"--sok trains its own models and fixes its settings; drop {', '.join(fixed)}")
     try:
+        executor = point_executor(args)
         s = settings_for(args.output or "report", quick=args.quick, jobs=args.jobs, limit=args.limit,
                          timeout=args.timeout, seed=args.seed)
-        result = run_sok(s, log=_log, on_row=Progress())
-    except CompareInputError as exc:
+        result = run_sok(s, log=_log, on_row=Progress(), executor=executor)
+    except (CompareInputError, ExecutorUnavailable) as exc:
         return _bad(" ".join(str(exc).split()))
     _log(f"done in {result.times.get('total_s', 0.0):.0f} s; report in {s.output}")
     readme = s.output / "README.md"

@@ -158,14 +158,16 @@ def _check_resume(output: Path, settings: dict) -> None:
 def compare(models: Any, data: Any, *, eps: float, norm: str = "inf", methods: Any = "all",
             limit: int = 100, timeout: float = 60.0, jobs: int = 1, output: str | Path | None = None,
             input_shape: Any = None, config: Any = None, seed: int = 0, processes: bool | None = None,
-            on_row: Callable[[PointRow], None] | None = None) -> CompareResult:
+            on_row: Callable[[PointRow], None] | None = None, executor: Any = None) -> CompareResult:
     """Certified accuracy of every method on every model (see the module docstring).
 
     ``models``: a list (or name -> model dict) of ONNX paths, Networks or torch modules
     (``input_shape`` for those); ``data``: an ``.npz`` path or ``(x, y)`` arrays.
     ``processes``: certify in worker processes that are killed when a point overruns its
     timeout (default: when ``jobs > 1``; else in this process, where only verify's own
-    deadline applies).
+    deadline applies). ``executor``: a :mod:`bab.executors` executor that runs the points
+    instead (``RayExecutor``: one Ray task per point, each with a worker process killed on
+    overrun; docs/cluster.md); the rows are the same.
     """
     from bab.config import Config
 
@@ -188,6 +190,7 @@ def compare(models: Any, data: Any, *, eps: float, norm: str = "inf", methods: A
         _check_resume(out, settings)
     run = _Run(loaded, x, y, eps, clip, float(timeout), seed, out, on_row)
     run.norm = norm
+    run.executor = executor
     run.execute(names, config or Config(), int(jobs), int(jobs) > 1 if processes is None else processes)
     return run.result(names, settings)
 
@@ -204,6 +207,7 @@ class _Run:
         self.rows = read_points(out / "points.csv") if out is not None else {}
         self.file = PointsFile(out / "points.csv" if out is not None else None)
         self.verified = 0
+        self.executor: Any = None  # a bab.executors executor for the points (None: see run_tasks)
 
     def missing(self, model: str, method: str) -> list[int]:
         """Points of (model, method) without a final row yet."""
@@ -232,7 +236,8 @@ class _Run:
                 for method in methods:
                     tasks += self._tasks(m, method, correct)
             self.verified = len(tasks)
-            run_tasks(tasks, {m.name: m for m in self.models}, cfg, jobs, self.add, processes)
+            run_tasks(tasks, {m.name: m for m in self.models}, cfg, jobs, self.add, processes,
+                      self.executor)
         finally:
             self.file.close()
 

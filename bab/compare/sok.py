@@ -240,19 +240,26 @@ def _groups(s: SokSettings, models: list[ZooModel], methods: list[str]) -> list[
 
 
 def deterministic(s: SokSettings, zoo: list[ZooModel], folders: dict[str, Path], data: Path,
-                  on_row: Callable[[Any], None] | None) -> tuple[list[Any], list[Any]]:
-    """Table III over the eps-trained models; skipped cells become :class:`SkippedRow`."""
+                  on_row: Callable[[Any], None] | None,
+                  executor: Any = None) -> tuple[list[Any], list[Any]]:
+    """Table III over the eps-trained models; skipped cells become :class:`SkippedRow`.
+    ``executor``: runs the points (see :func:`bab.compare.api.compare`; a Ray cluster is
+    connected once for all the groups)."""
+    from contextlib import nullcontext
+
     from bab.compare.api import compare
     from bab.compare.report import summary_rows
     from bab.compare.runner import read_points
     from bab.compare.sok_report import SkippedRow
+    from bab.executors import RayExecutor
 
     models = [m for m in zoo if m.noise is None]
     methods = s.method_names()
-    for group, names in _groups(s, models, methods):
-        compare({m.name: folders[m.name] / "model.onnx" for m in group}, data, eps=s.eps,
-                methods=names, limit=s.limit, timeout=s.timeout, jobs=s.jobs,
-                output=s.output, seed=s.seed, processes=True, on_row=on_row)
+    with executor.session() if isinstance(executor, RayExecutor) else nullcontext():
+        for group, names in _groups(s, models, methods):
+            compare({m.name: folders[m.name] / "model.onnx" for m in group}, data, eps=s.eps,
+                    methods=names, limit=s.limit, timeout=s.timeout, jobs=s.jobs, output=s.output,
+                    seed=s.seed, processes=True, on_row=on_row, executor=executor)
     points = read_points(s.output / "points.csv")
     names = [m.name for m in models]
     rows = summary_rows(names, methods, list(range(s.limit)), points)
@@ -285,9 +292,11 @@ def smoothing(s: SokSettings, zoo: list[ZooModel], folders: dict[str, Path], dat
     return rows, pts
 
 
-def run_sok(s: SokSettings, log: Log | None = None,
-            on_row: Callable[[Any], None] | None = None) -> SokResult:
-    """Train (or reuse) the zoo, run both tables and write ``s.output`` (see the module doc)."""
+def run_sok(s: SokSettings, log: Log | None = None, on_row: Callable[[Any], None] | None = None,
+            executor: Any = None) -> SokResult:
+    """Train (or reuse) the zoo, run both tables and write ``s.output`` (see the module doc).
+    ``executor``: where the deterministic table's points run (``None``: ``s.jobs`` worker
+    processes here; a ``RayExecutor``: Ray tasks)."""
     from bab.compare.sok_report import write_report
 
     log = log or (lambda _msg: None)
@@ -299,7 +308,7 @@ def run_sok(s: SokSettings, log: Log | None = None,
     times["train_s"] = time.perf_counter() - start
     data = folders[zoo[0].name] / "test.npz"
     t = time.perf_counter()
-    rows, points = deterministic(s, zoo, folders, data, on_row)
+    rows, points = deterministic(s, zoo, folders, data, on_row, executor)
     times["deterministic_s"] = time.perf_counter() - t
     log(f"deterministic table done in {times['deterministic_s']:.0f} s")
     t = time.perf_counter()
