@@ -8,8 +8,8 @@ built on beta-CROWN's warm starts, a bounder set there makes BaB split the input
 strategy is chosen from the network and the property only: input
 splitting when the network has at most ``bab.input_split_threshold`` inputs, otherwise ReLU
 splitting. The regions of a property (a disjunction of input boxes) are searched as one batch
-by input splitting (``bab.batch_regions``: every domain carries its region; ReLU splitting
-searches them one after another); the instance is ``unsat`` only when every region is.
+(``bab.batch_regions``: every domain carries its region, or its root's region for ReLU
+splits); the instance is ``unsat`` only when every region is.
 """
 
 from __future__ import annotations
@@ -73,15 +73,14 @@ class BabMethod:
 
 def decide_regions(pipeline: Any, strategy: str,
                    run: Callable[[Any, Any, Any], tuple[BabOutcome, BabStats]]) -> Outcome:
-    """BaB per group of regions: with ``bab.batch_regions`` (input split), one search over all
+    """BaB per group of regions: with ``bab.batch_regions``, one search over all
     regions of one input-set kind (``run(pipeline, regions, indices)``), else one per region
     (``run(pipeline, region, index)``). ``sat`` on the first replayed counterexample, ``unsat``
     only when every region is, statistics summed."""
     totals = BabStats(strategy=strategy)
     ckpt = getattr(pipeline, "checkpoint", None)  # bab.checkpoint.Checkpointer (resumable runs)
     regions = list(pipeline.spec.regions)
-    batch = pipeline.cfg.bab.batch_regions and strategy == "input-split"
-    groups = group_regions(regions, batch)
+    groups = group_regions(regions, pipeline.cfg.bab.batch_regions)
     totals.extra["region_groups"] = len(groups)
     for g, members in enumerate(groups):
         if ckpt is not None and not ckpt.enter_region(g, totals):

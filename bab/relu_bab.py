@@ -1,7 +1,7 @@
 """ReLU-split BaB as a method step: config -> problem, brancher, leaf solver, engine, progress.
 
-:func:`run_relu_split` runs the engine on one region (``bab.bab_method.decide_regions``
-decides an instance region by region). Options come from the
+:func:`run_relu_split` runs the engine on one region, or on several regions as one batch
+(``bab.bab_method.decide_regions`` groups them: ``bab.batch_regions``). Options come from the
 ``bab`` section (``relu_branching``, ``fsb_candidates``, ``relu_batch_size``,
 ``memory_budget_mb``, ``order``, ``dtype``) and the ``beta`` section (optimiser and root
 settings); missing options take the defaults of :class:`~bab.relu_split.ReluSplitOptions`.
@@ -110,16 +110,20 @@ def progress_logger(problem: Any, start: float, every: float = 1.0,
     return report
 
 
-def run_relu_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, BabStats]:
-    """ReLU-split BaB with beta-CROWN on one region (a clause without rows holds everywhere:
-    its box centre is replayed, else the region is ``unknown``)."""
-    if any(c.n_rows == 0 for c in region.clauses):
-        ball = getattr(region, "ball", None)  # the ball's centre lies in its input set
-        mid = ball.center if ball is not None else (np.asarray(region.lower) + np.asarray(region.upper)) / 2
-        cex = pipeline.replay(mid, index)
-        if cex is not None:
-            return BabOutcome("sat", cex), BabStats(strategy="relu-split")
-        return BabOutcome("unknown", reason="a clause without rows holds everywhere"), BabStats(strategy="relu-split")
+def run_relu_split(pipeline: Any, region: Any, index: Any) -> tuple[BabOutcome, BabStats]:
+    """ReLU-split BaB with beta-CROWN on one region, or on a list of regions (and their
+    indices) searched as one batch (a clause without rows holds everywhere: its region's box
+    centre is replayed, else the answer is ``unknown``)."""
+    regions = list(region) if isinstance(region, (list, tuple)) else [region]
+    indices = list(index) if isinstance(index, (list, tuple)) else [index]
+    for reg, idx in zip(regions, indices):
+        if any(c.n_rows == 0 for c in reg.clauses):
+            ball = getattr(reg, "ball", None)  # the ball's centre lies in its input set
+            mid = ball.center if ball is not None else (np.asarray(reg.lower) + np.asarray(reg.upper)) / 2
+            cex = pipeline.replay(mid, idx)
+            if cex is not None:
+                return BabOutcome("sat", cex), BabStats(strategy="relu-split")
+            return BabOutcome("unknown", reason="a clause without rows holds everywhere"), BabStats(strategy="relu-split")
     from bab.relu_split import ReluSplitProblem
     from heuristics.relu import get_relu_brancher
 
@@ -131,7 +135,7 @@ def run_relu_split(pipeline: Any, region: Any, index: int) -> tuple[BabOutcome, 
     leaf = make_leaf_solver(cfg)
     bounder = make_bounder(cfg)
     bounder.deadline = pipeline.deadline.check
-    problem = ReluSplitProblem(net, region, index, bounder, pipeline.replay,
+    problem = ReluSplitProblem(net, regions, indices, bounder, pipeline.replay,
                                problem_options(cfg, pipeline.deadline.remaining()), pipeline.deadline.check, leaf)
     problem.remaining = pipeline.deadline.remaining
     ckpt = getattr(pipeline, "checkpoint", None)  # resumable runs: restores the roots, store and stats

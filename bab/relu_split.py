@@ -30,19 +30,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from bab.bounding.balls import ball_kwargs, project, region_ball
+from bab.bounding.balls import project
 from bab.bounding.base import Domains
 from bab.bounding.polyhedra.beta import BetaCrown, BetaState
 from bab.bounding.polyhedra.crown import plan_for
 from bab.bounding.polyhedra.relax import UNARY
 from bab.bounding.polyhedra.sshape import SSHAPED, default_t, remap_t, sshape_data
+from bab.region_batch import ball_rows, stack_regions
 from bab.result import Counterexample
 from bab.store import TensorBatch
 from onnx_models import layers as L
@@ -77,13 +78,18 @@ class ReluSplitOptions:
 
 
 class ReluSplitProblem:
-    """The SplitProblem for one region (see :mod:`bab.engine`)."""
+    """The SplitProblem for one region, or several searched as one batch (see :mod:`bab.engine`):
+    ``region``/``region_index`` may be sequences; a root per (region, clause), ``root_region``
+    maps roots to regions (their boxes and balls), replays name the property's region index."""
 
-    def __init__(self, network: Network, region: Region, region_index: int, bounder: BetaCrown,
+    def __init__(self, network: Network, region: Region | Sequence[Region], region_index: int | Sequence[int],
+                 bounder: BetaCrown,
                  replay: Callable[[np.ndarray, int], Counterexample | None],
                  options: ReluSplitOptions | None = None, check_time: Callable[[], None] = lambda: None,
                  leaf_solver: Any = None) -> None:
-        self.net, self.region, self.index = network, region, region_index
+        self.regions = [region] if isinstance(region, Region) else list(region)
+        self.indices = [region_index] if isinstance(region_index, int) else list(region_index)
+        self.net, self.region, self.index = network, self.regions[0], self.indices[0]
         self.bounder, self.replay = bounder, replay
         self.opts = options or ReluSplitOptions()
         self.check_time = check_time
@@ -92,9 +98,9 @@ class ReluSplitProblem:
         p = next(t for n in network.nodes for t in n.layer.tensors().values())
         self.dtype, self.device = p.dtype, p.device
         kw = dict(dtype=self.dtype, device=self.device)
-        self.lower = torch.as_tensor(region.lower, **kw).reshape(1, -1)
-        self.upper = torch.as_tensor(region.upper, **kw).reshape(1, -1)
-        self.ball = region_ball(region, 1, **kw)  # {} for a box (or an ℓ∞ ball: a box too)
+        stack = stack_regions(self.regions, network.n_outputs, **kw)
+        self.lower, self.upper = stack.lower, stack.upper  # [Rg, n_in]
+        self.ball = stack.ball  # {} for boxes (and ℓ∞ balls: boxes too), else one per region
         self._clause_tensors(kw)
         self.plan = plan_for(network)
         nodes = network.nodes
@@ -116,8 +122,11 @@ class ReluSplitProblem:
         self.stored: list[int] = []
 
     def _clause_tensors(self, kw: dict) -> None:
-        """Per clause: rows ``C`` ``[K, M, n_out]`` and ``d`` ``[K, M]`` padded with ``d = +inf``."""
-        clauses = self.region.clauses
+        """Per clause of every region: rows ``C`` ``[K, M, n_out]`` and ``d`` ``[K, M]`` padded
+        with ``d = +inf``; ``root_region`` ``[K]``."""
+        clauses = [c for region in self.regions for c in region.clauses]
+        owner = [g for g, region in enumerate(self.regions) for _ in region.clauses]
+        self.root_region = torch.as_tensor(owner, dtype=torch.long, device=kw["device"])
         M = max([1] + [c.n_rows for c in clauses])
         n_out = self.net.n_outputs
         C = np.zeros((len(clauses), M, n_out))
@@ -139,8 +148,11 @@ class ReluSplitProblem:
         from bab.bounding.polyhedra.alpha import AlphaCrown
 
         K, M = self.d.shape
-        C_all = self.C[self.valid][None]
-        dom = Domains(self.lower, self.upper, C_all, **self._ball_kw(1, self.dtype))
+        owner = self.valid.nonzero()  # (clause, row) of every stacked row, in order
+        reg, pos = self._row_places(owner)
+        C_all = torch.zeros(len(self.regions), int(pos.max()) + 1, self.C.shape[2], dtype=self.dtype, device=self.device)
+        C_all[reg, pos] = self.C[self.valid]
+        dom = Domains(self.lower, self.upper, C_all, **self._ball_kw(torch.arange(len(self.regions)), self.dtype))
         opt_int = self.opts.root_optimize_intermediate and self._alpha_elements() <= self.opts.root_alpha_elements
         self.check_time()
         alpha = AlphaCrown(iterations=self.opts.root_iterations, optimize_intermediate=opt_int, upper=False,
@@ -159,18 +171,17 @@ class ReluSplitProblem:
                              "milp": torch.zeros(K, dtype=torch.int8, device=self.device)})
         for j in self.stored:
             lo, hi = boxes[j]
-            batch[f"lo{j}"], batch[f"hi{j}"] = lo.expand(K, *lo.shape[1:]).clone(), hi.expand(K, *hi.shape[1:]).clone()
-        owner = self.valid.nonzero()  # (clause, row) of every stacked row, in order
+            batch[f"lo{j}"], batch[f"hi{j}"] = lo[self.root_region].clone(), hi[self.root_region].clone()
         for r in self.branchable:
             shape = tuple(self.net.nodes[r].out_shape)
             batch[f"ph{r}"] = torch.zeros(K, *shape, dtype=torch.int8, device=self.device)
             alpha = torch.zeros(K, M, *shape, dtype=self.dtype, device=self.device)
             got = res.state.alphas.get(("final", r)) if res.state is not None else None
             if got is not None:
-                alpha[owner[:, 0], owner[:, 1]] = got[0].to(alpha)
+                alpha[owner[:, 0], owner[:, 1]] = got[reg, pos].to(alpha)
             else:
                 lo, hi = boxes[self.pre[r]]
-                alpha[:] = (hi >= -lo).to(alpha).reshape(1, 1, *shape)
+                alpha[:] = (hi >= -lo).to(alpha)[self.root_region].unsqueeze(1)
             batch[f"al{r}"] = alpha
             batch[f"be{r}"] = torch.zeros(K, M, *shape, dtype=self.dtype, device=self.device)
         for r in self.shaped:
@@ -179,19 +190,27 @@ class ReluSplitProblem:
             batch[f"be{r}"] = torch.zeros(K, M, 2, *shape, dtype=self.dtype, device=self.device)
         for r in self.tangents:
             got = res.state.alphas.get(("final", r)) if res.state is not None else None
-            batch[f"al{r}"] = self._root_tangents(r, boxes[self.pre[r]], got, owner, K, M)
+            batch[f"al{r}"] = self._root_tangents(r, boxes[self.pre[r]], got, owner, (reg, pos), M)
         batch["unstable"] = self._count_unstable(batch)
         return batch
 
     def _root_tangents(self, r: int, box: tuple[torch.Tensor, torch.Tensor], got: torch.Tensor | None,
-                       owner: torch.Tensor, K: int, M: int) -> torch.Tensor:
+                       owner: torch.Tensor, places: tuple[torch.Tensor, torch.Tensor], M: int) -> torch.Tensor:
         """Tangent points ``[K, M, 2, *shape]`` of the Sigmoid/Tanh node ``r`` per clause row:
-        the root's optimised ones, else those of the default lines."""
-        t = default_t(sshape_data(type(self.net.nodes[r].layer), *box)).to(self.dtype)
-        out = t.unsqueeze(1).expand(K, M, *t.shape[1:]).clone()
+        the root's optimised ones (row ``places`` = (region, row) in the root pass), else those
+        of the default lines."""
+        t = default_t(sshape_data(type(self.net.nodes[r].layer), *box)).to(self.dtype)[self.root_region]
+        out = t.unsqueeze(1).expand(len(t), M, *t.shape[1:]).clone()
         if got is not None:
-            out[owner[:, 0], owner[:, 1]] = got[0].to(out)
+            out[owner[:, 0], owner[:, 1]] = got[places].to(out)
         return out
+
+    def _row_places(self, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For every valid (clause, row) pair ``owner``: its region and its position among the
+        region's stacked rows in the root pass."""
+        reg = self.root_region[owner[:, 0]]
+        first = torch.searchsorted(reg, torch.arange(len(self.regions), device=reg.device))
+        return reg, torch.arange(len(reg), device=reg.device) - first[reg]
 
     def _alpha_elements(self) -> int:
         """Upper estimate of the intermediate slopes optimised at the root."""
@@ -208,20 +227,24 @@ class ReluSplitProblem:
 
     def domains_of(self, batch: TensorBatch, dtype: torch.dtype | None = None) -> Domains:
         """The bounder's view of a batch: region box, clause rows and fixed phases."""
-        n, dt = len(batch), dtype or self.dtype
+        dt = dtype or self.dtype
         root = batch["root"]
-        return Domains(self.lower.expand(n, -1).to(dt), self.upper.expand(n, -1).to(dt), self.C[root].to(dt),
-                       {r: batch[f"ph{r}"] for r in self.split_nodes}, **self._ball_kw(n, dt))
+        reg = self.root_region[root]
+        return Domains(self.lower[reg].to(dt), self.upper[reg].to(dt), self.C[root].to(dt),
+                       {r: batch[f"ph{r}"] for r in self.split_nodes}, **self._ball_kw(reg, dt))
 
-    def _ball_kw(self, n: int, dtype: torch.dtype) -> dict[str, Any]:
-        """``Domains`` keyword arguments of the region's ball for ``n`` domains."""
-        return ball_kwargs(self.ball, n, dtype)
+    def _ball_kw(self, region: torch.Tensor, dtype: torch.dtype) -> dict[str, Any]:
+        """``Domains`` keyword arguments of the balls of domains in ``region`` (``[N]``)."""
+        return ball_rows(self.ball, region, dtype)
 
-    def _into_ball(self, x: torch.Tensor) -> torch.Tensor:
-        """Points projected onto the ball, then clipped to the region box (still in the ball)."""
+    def _into_ball(self, x: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+        """Points (of roots ``root``) projected onto their region's ball, then clipped to its box
+        (still in the ball)."""
         if not self.ball:
             return x
-        return project(x, self.ball["center"], self.ball["eps"], self.ball["p"], self.lower, self.upper)
+        reg = self.root_region[root]
+        return project(x, self.ball["center"][reg], self.ball["eps"][reg], self.ball["p"], self.lower[reg],
+                       self.upper[reg])
 
     def state_of(self, batch: TensorBatch, refine: set[int] | None = None, widen: float = 0.0) -> BetaState:
         """Warm start (slopes, multipliers) and floor boxes of a batch."""
@@ -343,7 +366,7 @@ class ReluSplitProblem:
             return
         n, M, n_in = primal.shape
         root = batch["root"].repeat_interleave(M)
-        x = self._into_ball(primal.reshape(n * M, n_in).to(self.dtype))
+        x = self._into_ball(primal.reshape(n * M, n_in).to(self.dtype), root)
         with torch.no_grad():
             val = self.clause_value(x, root)
         order = torch.argsort(val)[: self.opts.attack_top]
@@ -356,14 +379,14 @@ class ReluSplitProblem:
             if val[i] > 0:
                 break
             self.stats["attack_candidates"] += 1
-            cex = self.replay(x[i].double().cpu().numpy(), self.index)
+            cex = self.replay(x[i].double().cpu().numpy(), self.indices[int(self.root_region[root[i]])])
             if cex is not None:
                 self._cex = cex
                 return
 
     def _pgd(self, x: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
         """A few signed-gradient steps minimising the clause value inside the region box."""
-        lo, hi = self.lower, self.upper
+        lo, hi = self.lower[self.root_region[root]], self.upper[self.root_region[root]]
         step = 0.1 * (hi - lo)
         x = x.detach().clone()
         with torch.enable_grad():
@@ -372,7 +395,7 @@ class ReluSplitProblem:
                 val = self.clause_value(x, root)
                 g, = torch.autograd.grad(val.sum(), x)
                 x = torch.minimum(torch.maximum(x.detach() - step * (0.7 ** t) * g.sign(), lo), hi)
-                x = self._into_ball(x)
+                x = self._into_ball(x, root)
         return x.detach()
 
     def attack(self, batch: TensorBatch) -> Counterexample | None:
@@ -416,7 +439,8 @@ class ReluSplitProblem:
             if res.status == "infeasible":
                 continue
             if res.status == "feasible" and res.x is not None:
-                cex = self.replay(np.asarray(res.x, np.float64), self.index)
+                region = self.indices[int(self.root_region[leaf["root"][0]])]
+                cex = self.replay(np.asarray(res.x, np.float64), region)
                 if cex is not None:
                     return "sat", cex  # the search ends: nothing goes back
             if linear:
@@ -433,8 +457,9 @@ class ReluSplitProblem:
         rows = self.valid[k]
         phases = {r: leaf[f"ph{r}"][0].cpu().numpy() for r in self.branchable}
         boxes = {j: tuple(t[0].cpu().numpy() for t in box) for j, box in self.state_of(leaf, widen=1e-6).boxes.items()}
-        ball = {"ball": self.region.ball} if self.ball else {}
-        res = self.leaf_solver.decide(self.net, self.region.lower, self.region.upper,
+        region = self.regions[int(self.root_region[k])]
+        ball = {"ball": region.ball} if self.ball else {}
+        res = self.leaf_solver.decide(self.net, region.lower, region.upper,
                                       self.C[k][rows].cpu().double().numpy(), self.d[k][rows].cpu().double().numpy(),
                                       phases, boxes, time_limit, **ball)
         key = f"{getattr(res, 'kind', '') or 'solver'}_leaves"

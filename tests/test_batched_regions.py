@@ -155,6 +155,54 @@ def test_random_properties_agree_with_the_loop_and_milp(tmp_path, seed) -> None:
             assert _witness_ok(net, spec, res)
 
 
+@pytest.mark.parametrize("seed", [0, 2, 3, 7])
+def test_relu_split_batched_roots_agree_with_the_loop_and_milp(tmp_path, seed) -> None:
+    """ReLU-split BaB (forced): a root per (region, clause), seeded by one alpha-CROWN pass over
+    all region boxes; verdicts as the per-region loop's and MILP's, fewer bound calls."""
+    import onnx_models
+
+    rng = np.random.default_rng(200 + seed)
+    n_in, n_out = 1 + seed % 2, 2 + seed % 2
+    path = random_mlp(tmp_path / f"q{seed}.onnx", [n_in, 12, 12, n_out], seed=seed)
+    net = onnx_models.load(path)
+    spec = _random_property(net, rng, n_in, n_out, sat=seed % 2 == 1)
+    on, st_on = _run(path, spec, True, input_split_threshold=0)
+    off, st_off = _run(path, spec, False, input_split_threshold=0)
+    exact = _milp_verdict(net, spec)
+    assert on.status is exact and off.status is exact, (seed, on.status, off.status, exact, on.reason)
+    assert st_on.strategy == "relu-split" and st_on.extra["region_groups"] == 1
+    assert st_on.extra["bound_calls"] < st_off.extra["bound_calls"]
+    for res in (on, off):
+        if res.status is Status.SAT:
+            assert _witness_ok(net, spec, res)
+
+
+@pytest.mark.parametrize("threshold", [20, 0])
+def test_l2_ball_regions_batched(tmp_path, threshold) -> None:
+    """Regions with ℓ2 balls (one centre and radius per region) in one batch, input or ReLU
+    splits: the verdict of the per-region loop, witnesses inside their ball."""
+    import onnx_models
+
+    path = random_mlp(tmp_path / "l2.onnx", [2, 10, 10, 2], seed=7)
+    net = onnx_models.load(path)
+    rows = np.array([[1.0, -1.0]])
+    for shift, expect in ((-0.05, Status.UNSAT), (0.3, Status.SAT)):
+        regions = []
+        for c in ([0.2, 0.1], [-0.5, 0.4], [0.6, -0.6]):
+            ball = Ball(np.array(c), 0.25, "2")
+            x = np.asarray(c) + 0.25 * np.stack([np.cos(t := np.linspace(0, 2 * np.pi, 4001)), np.sin(t)], 1)
+            x = np.concatenate([x * s + np.asarray(c) * (1 - s) for s in np.linspace(0, 1, 41)])
+            m = float((net.evaluate(x) @ rows.T).min())
+            regions.append(Region.with_ball(ball, (Clause(rows, np.array([m + shift])),)))
+        spec = Spec(tuple(regions), 2, 2)
+        on, st_on = _run(path, spec, True, input_split_threshold=threshold)
+        off, _ = _run(path, spec, False, input_split_threshold=threshold)
+        assert on.status is expect and off.status is expect, (shift, on.reason, off.reason)
+        assert st_on.extra["region_groups"] == 1
+        if expect is Status.SAT:
+            assert _witness_ok(net, spec, on)
+
+
 def test_a_clause_without_rows_and_padded_rows(tmp_path) -> None:
     """Regions of different shapes in one batch: a region whose clause has no rows (it always
     holds: sat at its box centre), next to regions with more rows and clauses."""
