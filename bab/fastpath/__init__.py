@@ -8,9 +8,12 @@ decide, or cannot read, goes to the torch pipeline with the time left (docs/fast
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def try_fast_path(model: str | Path, prop: str | Path, cfg: Any, timeout: float, start: float) -> Any:
@@ -22,8 +25,13 @@ def try_fast_path(model: str | Path, prop: str | Path, cfg: Any, timeout: float,
     from bab.result import Result, Stats, Status
 
     deadline = min(start + timeout, time.monotonic() + cfg.verify.fast_path_budget)
-    out = run_fast_path(model, prop, cfg, deadline)
+    try:
+        out = run_fast_path(model, prop, cfg, deadline)
+    except Exception as exc:  # noqa: BLE001 - never a verdict from a failed run: hand over
+        log.warning("fast path failed (%s: %s); handing over", type(exc).__name__, exc)
+        return None
     if out.status == "undecided":
+        log.info("fast path undecided after %.2f s (%s); handing over", out.seconds, out.reason)
         return None
     stats = Stats(method=cfg.verify.method, proved_by=out.proved_by,
                   attack_candidates=out.candidates, replay_rejections=out.rejected,
