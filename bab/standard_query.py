@@ -157,19 +157,21 @@ def run_standard(args: argparse.Namespace) -> int:
     timeout = cfg.verify.timeout if args.timeout is None else args.timeout
     lock, done = threading.Lock(), [False]
     watchdog = _start_watchdog(lock, done, timeout - (time.monotonic() - PROCESS_START))
-    problem = prepare(args.model, parse_networks(args.network or []))
-    if isinstance(problem, Undecided):
-        word, assignments, reason = "unknown", [], problem.reason
-    else:
-        from bab.api import verify
+    try:  # an error (bad input) must disarm the watchdog too: in-process callers live on
+        problem = prepare(args.model, parse_networks(args.network or []))
+        if isinstance(problem, Undecided):
+            word, assignments, reason = "unknown", [], problem.reason
+        else:
+            from bab.api import verify
 
-        result = verify(problem.network, problem.spec, cfg, timeout=timeout, start=PROCESS_START,
-                        reference=problem.reference)
-        word, reason, assignments = result_word(result.status), result.reason, []
-        cex = result.counterexample
-        if word == "sat" and cex is not None:
-            assignments = problem.assignments(cex.x, cex.y)
-    watchdog.cancel()
+            result = verify(problem.network, problem.spec, cfg, timeout=timeout, start=PROCESS_START,
+                            reference=problem.reference)
+            word, reason, assignments = result_word(result.status), result.reason, []
+            cex = result.counterexample
+            if word == "sat" and cex is not None:
+                assignments = problem.assignments(cex.x, cex.y)
+    finally:
+        watchdog.cancel()
     with lock:
         if done[0]:
             return 0

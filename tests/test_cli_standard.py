@@ -369,3 +369,17 @@ def test_converted_acasxu_gives_the_same_verdicts(bench_dir, tmp_path) -> None:
         decided += 1
         assert one == two, (model.name, prop.name, one, two)
     assert decided >= 15
+
+
+def test_errors_after_the_watchdog_starts_disarm_it(nets, tmp_path, capsys) -> None:
+    """A bad-input error raised while the hard-timeout watchdog is armed must cancel it: an
+    armed watchdog would end the calling process (os._exit) when it fires."""
+    import threading
+
+    q, f = str(nets["sat"]), f"f={nets['f']}"
+    before = {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
+    main_inproc(capsys, "verify", q, "--network", f"f={tmp_path / 'no.onnx'}")  # fails after arming
+    main_inproc(capsys, "verify", str(tmp_path / "no.onnx"), q)  # the 1.0 form: missing model
+    armed = [t for t in threading.enumerate()
+             if isinstance(t, threading.Timer) and t not in before and not t.finished.is_set()]
+    assert armed == []

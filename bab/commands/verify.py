@@ -106,6 +106,24 @@ def standard_form(args: argparse.Namespace) -> bool:
     return False
 
 
+def _decide(args: argparse.Namespace, cfg: Any, ckpt: Any, timeout: float, start: float) -> Any:
+    """The verdict: the NumPy fast path when it applies, else the full (or resumable) run."""
+    result = None
+    if ckpt is None and cfg.verify.fast_path and cfg.verify.method == "default":
+        from bab.fastpath import try_fast_path  # NumPy only: decided here, torch is never imported
+
+        result = try_fast_path(args.model, args.property, cfg, timeout, start)
+    if result is None and ckpt is None:
+        from bab.api import verify
+
+        result = verify(args.model, args.property, cfg, timeout=timeout, start=start)
+    elif result is None:
+        from bab.checkpoint import verify_resumable
+
+        result = verify_resumable(args.model, args.property, cfg, ckpt, timeout, start)
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one instance; the timeout counts from process start."""
     from bab.cli import PROCESS_START
@@ -121,20 +139,10 @@ def run(args: argparse.Namespace) -> int:
     start = PROCESS_START - (ckpt.elapsed_before if ckpt is not None else 0.0)  # resumed: time spent counts
     writer = ResultWriter(args.results_file)
     watchdog = start_watchdog(writer, timeout, start, label)
-    result = None
-    if ckpt is None and cfg.verify.fast_path and cfg.verify.method == "default":
-        from bab.fastpath import try_fast_path  # NumPy only: decided here, torch is never imported
-
-        result = try_fast_path(args.model, args.property, cfg, timeout, start)
-    if result is None and ckpt is None:
-        from bab.api import verify
-
-        result = verify(args.model, args.property, cfg, timeout=timeout, start=start)
-    elif result is None:
-        from bab.checkpoint import verify_resumable
-
-        result = verify_resumable(args.model, args.property, cfg, ckpt, timeout, start)
-    watchdog.cancel()
+    try:  # an error (bad input) must disarm the watchdog too: in-process callers live on
+        result = _decide(args, cfg, ckpt, timeout, start)
+    finally:
+        watchdog.cancel()
     if writer.write(results_text(result)):
         how = f"  [{result.stats.proved_by}]" if result.stats.proved_by else ""
         why = f"  ({result.reason})" if result.reason and not result.status.solved else ""
