@@ -123,7 +123,8 @@ def run_relu_split(pipeline: Any, region: Any, index: Any) -> tuple[BabOutcome, 
             cex = pipeline.replay(mid, idx)
             if cex is not None:
                 return BabOutcome("sat", cex), BabStats(strategy="relu-split")
-            return BabOutcome("unknown", reason="a clause without rows holds everywhere"), BabStats(strategy="relu-split")
+            reason = "a clause without rows holds everywhere"
+            return BabOutcome("unknown", reason=reason), BabStats(strategy="relu-split")
     from bab.relu_split import ReluSplitProblem
     from heuristics.relu import get_relu_brancher
 

@@ -2,8 +2,9 @@
 
 Each clause of the region is its own BaB root; all roots share one alpha-CROWN pass over the
 region box (every clause row at once, optionally with optimised intermediate slopes), whose
-intermediate boxes and per-row slopes seed the roots. A domain (one row of a TensorBatch)
-records its root (clause), fixed phases (``ph<relu>``, int8 -1/0/+1), the output boxes of the
+intermediate boxes and per-row slopes seed the roots. Several regions (``bab.batch_regions``)
+are one problem: a root per (region, clause), one root pass over all region boxes. A domain
+(one row of a TensorBatch) records its root (clause), fixed phases (``ph<relu>``, int8 -1/0/+1), the output boxes of the
 nodes whose intervals matter (``lo<node>``/``hi<node>``), the warm start inherited from its
 parent (``al<relu>`` slopes and ``be<relu>`` multipliers, ``[M, *shape]``), its depth, the
 ReLU it was split on last (``split``), its number of free unstable neurons and, once bounded,
@@ -150,7 +151,8 @@ class ReluSplitProblem:
         K, M = self.d.shape
         owner = self.valid.nonzero()  # (clause, row) of every stacked row, in order
         reg, pos = self._row_places(owner)
-        C_all = torch.zeros(len(self.regions), int(pos.max()) + 1, self.C.shape[2], dtype=self.dtype, device=self.device)
+        C_all = torch.zeros(len(self.regions), int(pos.max()) + 1, self.C.shape[2],
+                            dtype=self.dtype, device=self.device)  # each region's rows, zero-padded
         C_all[reg, pos] = self.C[self.valid]
         dom = Domains(self.lower, self.upper, C_all, **self._ball_kw(torch.arange(len(self.regions)), self.dtype))
         opt_int = self.opts.root_optimize_intermediate and self._alpha_elements() <= self.opts.root_alpha_elements
