@@ -85,22 +85,31 @@ def _backward(net: FcNet, lam: np.ndarray, const: np.ndarray, last: int, relax: 
 
 
 def intermediate_bounds(net: FcNet, lo: np.ndarray, up: np.ndarray) -> list[tuple]:
-    """The ReLU lines of every hidden layer over the boxes ``[lo, up]`` ([N, n_in])."""
+    """The ReLU lines of every hidden layer over the boxes ``[lo, up]`` ([N, n_in]).
+
+    Each layer's interval bound comes first (from the previous layer's bounds); a backward
+    pass then bounds only the neurons unstable under it in some box of the batch (a neuron
+    stable in every box has exact lines whatever its bounds). The CROWN bounds replace the
+    interval ones rather than being intersected with them: intersecting was measured to make
+    the adaptive lower slopes and the brancher worse on ACAS Xu (2_2 prop_1: 41,801 boxes
+    undecided against 1,163 to unsat).
+    """
     relax: list[tuple] = []
     n_box = lo.shape[0]
+    hl, hu = lo, up
     for k in range(len(net.weights) - 1):
         w, b = net.weights[k], net.biases[k]
-        if k == 0:
-            c, r = (lo + up) / 2, (up - lo) / 2
-            mid, rad = c @ w.T + b, r @ np.abs(w).T
-            zl, zu = mid - rad, mid + rad
-        else:
-            n = w.shape[0]  # rows [W; -W] bound z_k from below and from above
-            lam = np.broadcast_to(np.concatenate([w, -w])[None], (n_box, 2 * n, w.shape[1]))
-            const = np.broadcast_to(np.concatenate([b, -b])[None], (n_box, 2 * n))
+        mid, rad = (hl + hu) / 2 @ w.T + b, (hu - hl) / 2 @ np.abs(w).T
+        zl, zu = mid - rad, mid + rad
+        idx = np.flatnonzero(((zl < 0) & (zu > 0)).any(axis=0)) if k else np.zeros(0, int)
+        if idx.size:  # rows [W; -W] of those neurons bound z_k from below and from above
+            lam = np.broadcast_to(np.concatenate([w[idx], -w[idx]])[None], (n_box, 2 * idx.size, w.shape[1]))
+            const = np.broadcast_to(np.concatenate([b[idx], -b[idx]])[None], (n_box, 2 * idx.size))
             low, _, _ = _backward(net, lam, const, k, relax, lo, up, None)
-            zl, zu = low[:, :n], -low[:, n:]
+            zl[:, idx] = low[:, :idx.size]
+            zu[:, idx] = -low[:, idx.size:]
         relax.append(_relu_lines(zl, zu))
+        hl, hu = np.maximum(zl, 0.0), np.maximum(zu, 0.0)
     return relax
 
 
