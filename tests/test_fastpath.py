@@ -162,9 +162,17 @@ def test_declines_conv_and_sigmoid(tmp_path: Path) -> None:
         assert out.status == "undecided" and out.reason.startswith("out of scope")
 
 
-def test_cli_hands_over_and_decides(tmp_path: Path) -> None:
-    """``bab verify`` on a sigmoid network: the fast path declines, the torch pipeline decides."""
+def test_cli_hands_over_and_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bab verify`` on a sigmoid network: the fast path declines, the torch pipeline decides.
+
+    The timeout counts from ``bab.cli.PROCESS_START``: in a long test session that is minutes
+    ago, so it is reset here (else the hard-stop watchdog fires at once and ends pytest)."""
+    import time
+
+    import bab.cli
     from bab.cli import build_parser
+
+    monkeypatch.setattr(bab.cli, "PROCESS_START", time.monotonic())
 
     model = random_mlp(tmp_path / "s.onnx", [3, 5, 2], act="Sigmoid")
     prop = _property(tmp_path / "p.vnnlib", [0] * 3, [1] * 3, 2, "(assert (>= Y_0 100.0))")
