@@ -37,11 +37,10 @@ def dag(spec: list[tuple[L.Layer, tuple[int, ...]]], input_shape: tuple[int, ...
     return Network(nodes, input_shape, tuple(vals[-1].shape[1:]), io, dtype=dtype)
 
 
-def _pick(n_in: int, rows: list[int]) -> L.Linear:
-    """A Linear layer selecting input coordinates ``rows``."""
-    w = torch.zeros(len(rows), n_in)
-    w[range(len(rows)), rows] = 1.0
-    return L.Linear(w, torch.zeros(len(rows)))
+def _pick(n_in: int, rows: list[int]) -> L.Gather:
+    """A Gather selecting input coordinates ``rows`` (exact: a Linear would widen the box by
+    its float rounding allowance, and a lower bound of exactly 0 would turn slightly negative)."""
+    return L.Gather(torch.tensor(rows, dtype=torch.long), (len(rows),))
 
 
 def attention(T: int = 3, d: int = 4, seed: int = 0, heads_scale: float = 0.5,

@@ -167,8 +167,10 @@ def test_crown_ibp_loss_is_at_least_the_natural_loss(beta: float) -> None:
     loss, _ = robust.step_loss("crown-ibp", ctx, x, y, phase)
     assert float(loss.detach()) >= float(natural.detach()) - 1e-6
     zero = robust.bound_loss("crown-ibp", ctx, x, y, robust.Phase(0.0, 0.0, beta))
-    # eps 0: the bound is exact, so the robust loss is the natural one
-    assert float(zero.detach()) == pytest.approx(float(natural.detach()), abs=1e-4)
+    # eps 0: the bound is exact up to IBP's outward float rounding allowance (gamma_n times the
+    # magnitudes), so the robust loss is the natural one, from above
+    assert float(zero.detach()) == pytest.approx(float(natural.detach()), abs=1e-3)
+    assert float(zero.detach()) >= float(natural.detach()) - 1e-6
 
 
 def test_pgd_attack_stays_in_the_clipped_ball_and_raises_the_loss() -> None:

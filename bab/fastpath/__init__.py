@@ -25,6 +25,8 @@ def try_fast_path(model: str | Path, prop: str | Path, cfg: Any, timeout: float,
     from bab.result import Result, Stats, Status
 
     deadline = min(start + timeout, time.monotonic() + cfg.verify.fast_path_budget)
+    if time.monotonic() >= start + timeout:  # no time left: the full pipeline reports the timeout
+        return None
     try:
         out = run_fast_path(model, prop, cfg, deadline)
     except Exception as exc:  # noqa: BLE001 - never a verdict from a failed run: hand over
