@@ -22,3 +22,15 @@ def bench_dir() -> Path:
     if not BENCH.is_dir():
         pytest.skip("../shared/benchmarks/vnncomp2021 not present")
     return BENCH
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster with 2 CPUs for the module (skipped without Ray)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

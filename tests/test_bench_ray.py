@@ -33,18 +33,6 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in rec.items() if k != "time_s"} for rec in csv.DictReader(fh)]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray cluster with 2 CPUs for the module (skipped without Ray)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 # ------------------------------------------------------------------ without Ray / no cluster
 
 

@@ -27,18 +27,6 @@ N_POINTS = 6
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray cluster with 2 CPUs for the module (skipped without Ray)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two random ReLU MLPs and points labelled by the first (the second misclassifies some)."""
     import onnx_models

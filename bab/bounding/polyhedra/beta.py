@@ -71,19 +71,26 @@ class BetaResult:
     iterations: int = 0
 
 
+def _split_terms(ctx: Any, idx: int, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """In the final pass of a :class:`BetaSweep`: record ``A`` when the sweep captures (the
+    brancher's ``lA``) and return the node's multipliers (rows selected) and phases, if any."""
+    sw = ctx.sweep
+    if ctx.key != "final" or not isinstance(sw, BetaSweep):
+        return None
+    if sw.capture:
+        sw.captured.setdefault(idx, []).append(A.detach())
+    beta, phase = sw.betas.get(idx), sw.domains.phases.get(idx)
+    if beta is None or phase is None:
+        return None
+    return (beta if ctx.rows is None else beta[:, ctx.rows]), phase
+
+
 def _relu_beta(ctx: Any, idx: int, layer: L.Layer, A: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
     """The ReLU backward rule plus the split multipliers ``-beta * s`` on the pre-activation."""
     outs, bias = _activation(ctx, idx, layer, A)
-    sw = ctx.sweep
-    if ctx.key != "final" or not isinstance(sw, BetaSweep):
-        return outs, bias
-    if sw.capture:
-        sw.captured.setdefault(idx, []).append(A.detach())
-    beta = sw.betas.get(idx)
-    phase = sw.domains.phases.get(idx)
-    if beta is not None and phase is not None:
-        if ctx.rows is not None:
-            beta = beta[:, ctx.rows]
+    terms = _split_terms(ctx, idx, A)
+    if terms is not None:
+        beta, phase = terms
         outs = [outs[0] - beta * phase.unsqueeze(1).to(beta.dtype)]
     return outs, bias
 
@@ -97,16 +104,10 @@ def _capturing(rule: Callable[..., Any]) -> Callable[..., Any]:
     brancher's ``lA``)."""
     def wrapped(ctx: Any, idx: int, layer: L.Layer, A: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
         outs, bias = rule(ctx, idx, layer, A)
-        sw = ctx.sweep
-        if ctx.key != "final" or not isinstance(sw, BetaSweep):
+        terms = _split_terms(ctx, idx, A)
+        if terms is None:
             return outs, bias
-        if sw.capture:
-            sw.captured.setdefault(idx, []).append(A.detach())
-        beta, mask = sw.betas.get(idx), sw.domains.phases.get(idx)
-        if beta is None or mask is None:
-            return outs, bias
-        if ctx.rows is not None:
-            beta = beta[:, ctx.rows]
+        beta, mask = terms
         lo, hi = ctx.box(idx)
         b_lo = beta[:, :, 0] * ((mask & 1) != 0).unsqueeze(1).to(beta.dtype)
         b_hi = beta[:, :, 1] * ((mask & 2) != 0).unsqueeze(1).to(beta.dtype)
