@@ -28,10 +28,25 @@ class NotPlainSpec(VnnlibError):
         return (type(self), (self.msg, self.path, self.result))
 
 
-def is_v2_file(path: PathLike) -> bool:
-    """True when the file is a VNN-LIB 2.0 query (by its first form)."""
-    from vnnlib.v2 import is_v2_text
+def is_v2_text(text: str) -> bool:
+    """True when the first form (after whitespace and ``;`` comments) is ``(vnnlib-version``."""
+    i, n = 0, len(text)
+    if text.startswith("\ufeff"):
+        i = 1
+    while i < n:
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+        elif ch == ";":
+            j = text.find("\n", i)
+            i = n if j < 0 else j + 1
+        else:
+            return text.startswith("(vnnlib-version", i)
+    return False
 
+
+def is_v2_file(path: PathLike) -> bool:
+    """True when the file is a VNN-LIB 2.0 query (by its first form; no 2.0 import for 1.0)."""
     with open(path, "rb") as fh:
         head = fh.read(1 << 16)
     if head[:2] == b"\x1f\x8b":

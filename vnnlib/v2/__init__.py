@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vnnlib.load import is_v2_text  # noqa: F401  (the version check lives with the dispatch)
 from vnnlib.v2.layout import Layout, NetworkUse, Part
 from vnnlib.v2.lower import Lowered, Undecidable, lower
 from vnnlib.v2.parser import parse_query
@@ -30,18 +31,3 @@ def load_query(path: str | Path) -> CheckedQuery:
     return parse_text(_decode(Path(path).read_bytes(), str(path)), str(path))
 
 
-def is_v2_text(text: str) -> bool:
-    """True when the first form (after whitespace and ``;`` comments) is ``(vnnlib-version``."""
-    i, n = 0, len(text)
-    if text.startswith("\ufeff"):
-        i = 1
-    while i < n:
-        ch = text[i]
-        if ch.isspace():
-            i += 1
-        elif ch == ";":
-            j = text.find("\n", i)
-            i = n if j < 0 else j + 1
-        else:
-            return text.startswith("(vnnlib-version", i)
-    return False
