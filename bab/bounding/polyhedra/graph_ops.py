@@ -8,6 +8,8 @@ The nonlinear general-graph layers register from their own modules, imported at 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -20,10 +22,7 @@ def _gather(ctx: Context, idx: int, layer: L.Gather, A: torch.Tensor) -> Step:
     """Scatter-add the coefficients back to the picked positions (repeats add up)."""
     N, M = A.shape[:2]
     shape = ctx.in_shape(idx)
-    n_in = 1
-    for s in shape:
-        n_in *= s
-    out = torch.zeros(N, M, n_in, dtype=A.dtype, device=A.device)
+    out = torch.zeros(N, M, math.prod(shape), dtype=A.dtype, device=A.device)
     index = layer.index.to(A.device).expand(N, M, -1)
     out.scatter_add_(2, index, A.reshape(N, M, -1))
     return [out.reshape(N, M, *shape)], None
