@@ -53,7 +53,8 @@ def problem_options(cfg: Any, remaining: float | None = None) -> Any:
         leaf_time_limit=_opt(beta, "leaf_time_limit", base.leaf_time_limit),
         milp_unstable=_opt(beta, "milp_unstable", base.milp_unstable),
         milp_time_limit=_opt(beta, "milp_time_limit", base.milp_time_limit),
-        milp_share=_opt(beta, "milp_share", base.milp_share))
+        milp_share=_opt(beta, "milp_share", base.milp_share),
+        lp_share=_opt(beta, "lp_share", base.lp_share))
 
 
 def make_bounder(cfg: Any) -> Any:

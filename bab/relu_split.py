@@ -75,6 +75,7 @@ class ReluSplitOptions:
     milp_unstable: int = 3  # domains with at most this many free unstable ReLUs try MILP once
     milp_time_limit: float = 2.0  # ... for at most this long each
     milp_share: float = 0.2  # ... while such tries took at most this share of the run
+    lp_share: float = 0.5  # non-ReLU nets: each domain tries the LP once while such tries took this share
     eval_chunk: int = 4096
 
 
@@ -111,12 +112,12 @@ class ReluSplitProblem:
         self.pre = {r: nodes[r].inputs[0] for r in self.relus + self.nonrelu}
         self.stats: dict[str, Any] = {"infeasible": 0, "hair_rechecks": 0, "attack_candidates": 0,
                                       "bound_calls": 0, "adam_steps": 0,
-                                      "lp_leaves": 0, "milp_leaves": 0}
+                                      "lp_leaves": 0, "milp_leaves": 0, "lp_pruned": 0}
         self.global_lb = -float("inf")
         self._cex: Counterexample | None = None
         self._exact: BetaCrown | None = None
         self._roots: TensorBatch | None = None
-        self._times = {"refined": 0.0, "plain": 0.0, "milp": 0.0}
+        self._times = {"refined": 0.0, "plain": 0.0, "milp": 0.0, "lp": 0.0}
         self._t0 = time.monotonic()
         self.branchable: list[int] = []  # ReLUs with an unstable neuron at the root (phases)
         self.shaped: list[int] = []  # other elementwise nonlinearities to split (interval clips)
@@ -409,11 +410,16 @@ class ReluSplitProblem:
     # --- leaves and splitting ----------------------------------------------------------------
 
     def leaves(self, batch: TensorBatch) -> tuple[TensorBatch, TensorBatch]:
-        """Linear leaves (no free unstable ReLU), plus, with a leaf solver, domains with at most
-        ``milp_unstable`` left that have not been tried yet (while MILP stays in its time share)."""
+        """Linear leaves (no free unstable neuron), plus, with a leaf solver, domains not tried
+        yet: with at most ``milp_unstable`` unstable ReLUs (MILP, ReLU networks), or any
+        (the LP relaxation, networks with other nonlinearities), while the tries stay in
+        their time share."""
         leaf = batch["unstable"] == 0
-        if self._milp_allowed() and "milp" in batch.fields:
-            leaf |= (batch["unstable"] <= self.opts.milp_unstable) & (batch["milp"] == 0)
+        if "milp" in batch.fields:
+            if self._milp_allowed():
+                leaf |= (batch["unstable"] <= self.opts.milp_unstable) & (batch["milp"] == 0)
+            elif self._lp_allowed():
+                leaf |= batch["milp"] == 0
         return batch.select(~leaf), batch.select(leaf)
 
     def _milp_allowed(self) -> bool:
@@ -421,24 +427,33 @@ class ReluSplitProblem:
             return False  # (the exact encoders take ReLU networks only)
         return self._times["milp"] <= self.opts.milp_share * (time.monotonic() - self._t0)
 
+    def _lp_allowed(self) -> bool:
+        """LP refutation tries of domains of networks with non-ReLU nonlinearities (in share)."""
+        if self.leaf_solver is None or self.opts.lp_share <= 0 or not self.shaped:
+            return False
+        return self._times["lp"] <= self.opts.lp_share * (time.monotonic() - self._t0)
+
     def decide_leaves(self, leaves: TensorBatch) -> tuple[Any, ...]:
         """The Engine's leaf hook: an exact solver per leaf; ``unsat`` when every linear leaf
-        is infeasible. Partly split domains the solver does not settle in ``milp_time_limit``
-        (or once MILP has used its time share) go back to splitting, marked as tried."""
+        is infeasible. Partly split domains go to MILP (ReLU networks) or the LP relaxation
+        (other nonlinearities); those the solver does not settle in ``milp_time_limit`` (or
+        once the tries have used their time share) go back to splitting, marked as tried."""
         back = []
         for i in range(len(leaves)):
             self.check_time()
             leaf = leaves.select(torch.tensor([i], device=self.device))
             linear = int(leaf["unstable"][0]) == 0
-            if not linear and not self._milp_allowed():
+            kind = "exact" if linear else "milp" if self._milp_allowed() else "lp" if self._lp_allowed() else ""
+            if not kind:
                 back.append(i)
                 continue
             t0 = time.monotonic()
             limit = self.opts.leaf_time_limit if linear else self.opts.milp_time_limit
-            res = self._solve_leaf(leaf, max(0.05, min(limit, self.remaining())))
+            res = self._solve_leaf(leaf, max(0.05, min(limit, self.remaining())), relaxed=kind == "lp")
             if not linear:
-                self._times["milp"] += time.monotonic() - t0
+                self._times[kind] += time.monotonic() - t0
             if res.status == "infeasible":
+                self.stats["lp_pruned"] += kind == "lp"
                 continue
             if res.status == "feasible" and res.x is not None:
                 region = self.indices[int(self.root_region[leaf["root"][0]])]
@@ -453,15 +468,17 @@ class ReluSplitProblem:
             rest["milp"] = torch.ones_like(rest["milp"])
         return "unsat", None, rest
 
-    def _solve_leaf(self, leaf: TensorBatch, time_limit: float) -> Any:
-        """The leaf solver on one domain (its clause rows, fixed phases and widened boxes)."""
+    def _solve_leaf(self, leaf: TensorBatch, time_limit: float, relaxed: bool = False) -> Any:
+        """The leaf solver on one domain (its clause rows, fixed phases and widened boxes);
+        ``relaxed``: only try to refute it with the LP relaxation."""
         k = int(leaf["root"][0])
         rows = self.valid[k]
         phases = {r: leaf[f"ph{r}"][0].cpu().numpy() for r in self.branchable}
         boxes = {j: tuple(t[0].cpu().numpy() for t in box) for j, box in self.state_of(leaf, widen=1e-6).boxes.items()}
         region = self.regions[int(self.root_region[k])]
         ball = {"ball": region.ball} if self.ball else {}
-        res = self.leaf_solver.decide(self.net, region.lower, region.upper,
+        solve = self.leaf_solver.refute if relaxed else self.leaf_solver.decide
+        res = solve(self.net, region.lower, region.upper,
                                       self.C[k][rows].cpu().double().numpy(), self.d[k][rows].cpu().double().numpy(),
                                       phases, boxes, time_limit, **ball)
         key = f"{getattr(res, 'kind', '') or 'solver'}_leaves"
@@ -536,6 +553,8 @@ class ReluSplitProblem:
         flat = brancher.choose(self, batch)
         kids = TensorBatch.cat([self.with_splits(batch, flat, 1), self.with_splits(batch, flat, -1)])
         kids["depth"] = kids["depth"] + 1
+        if self.shaped and "milp" in kids.fields:
+            kids["milp"] = torch.zeros_like(kids["milp"])  # narrower boxes: worth another LP try
         return kids
 
     # --- data for branchers ------------------------------------------------------------------

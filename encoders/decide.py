@@ -140,7 +140,7 @@ class LeafResult:
     status: str
     x: np.ndarray | None = None
     reason: str = ""
-    kind: str = ""  # "lp" (the domain was linear: exact LP) or "milp"
+    kind: str = ""  # "lp" (the domain was linear: exact LP), "milp", or "relaxed" (refute only)
 
 
 class LeafSolver:
@@ -173,6 +173,22 @@ class LeafSolver:
             out.kind = kind
             return out
         return LeafResult("unknown", reason=res.reason or res.status, kind=kind)
+
+    def refute(self, network: Network, region_lower: Any, region_upper: Any, C: Any, d: Any,
+               phases: dict[int, Any] | None = None, intermediate: dict[int, Any] | None = None,
+               time_limit: float = 10.0, ball: Any = None) -> LeafResult:
+        """Try to prove a domain free of counterexamples with the LP relaxation only (the
+        arguments of :meth:`decide`): ``infeasible``, else ``unknown`` (never ``feasible``: a
+        relaxation's point need not be a real input's image)."""
+        C, d = _np(C).reshape(-1, network.n_outputs), _np(d).reshape(-1)
+        try:
+            enc = encode(network, _np(region_lower), _np(region_upper), phases, intermediate, ball=ball)
+        except UnsupportedNetwork as exc:
+            return LeafResult("unknown", reason=str(exc), kind="relaxed")
+        res = solve_clause(enc, C, d, self.cfg, time_limit, self.disp, "lp")
+        if res.status == "infeasible":
+            return LeafResult("infeasible", reason=res.reason, kind="relaxed")
+        return LeafResult("unknown", reason=res.reason or res.status, kind="relaxed")
 
     def _checked(self, network: Network, x: np.ndarray, C: np.ndarray, d: np.ndarray) -> LeafResult:
         """A candidate counts as feasible when the float64 forward pass agrees within tolerance."""

@@ -300,3 +300,70 @@ def test_brancher_ranks_relu_and_sigmoid_neurons_together(brancher, weights, bes
     assert p.branchable == [1] and p.shaped == [3] and len(batch) == 1
     which, _ = p.locate(brancher.choose(p, batch))
     assert [p.split_nodes[int(w)] for w in which] == [best]
+
+
+# --- LP refutation of domains (networks with non-ReLU nonlinearities) ---------------------------
+
+def _lp_search(name: str, offset: float, lp_share: float):
+    """The whole search with the leaf solver (LP refutation tries at ``lp_share``)."""
+    from encoders.decide import LeafSolver
+
+    net = NETS[name]()
+    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    row = np.array([[0.5, 1.0, -1.0]])
+    with torch.no_grad():
+        values = net.forward(grid(lo, hi).float()).double() @ torch.tensor(row[0])
+    d = float(values.min()) + offset
+    p = problem(net, lo, hi, row, [d], attack=True, lp_share=lp_share)
+    p.leaf_solver = LeafSolver()
+    end = time.monotonic() + 300
+
+    def check() -> None:
+        if time.monotonic() > end:
+            raise TimeoutError("the search did not finish in 300 s")
+    engine = Engine(p, FSB(k=2), EngineOptions(batch_size=16, max_domains=20000), check,
+                    leaf_solver=p.decide_leaves)
+    return engine.run(), p, engine, row, d
+
+
+@pytest.mark.parametrize("name, offset, sat", [("sigmoid", -0.02, False), ("sigmoid", 0.1, True), ("mixed", 0.1, True),
+                                               pytest.param("mixed", -0.1, False, marks=pytest.mark.slow)])
+def test_lp_refutation_keeps_verdicts_and_closes_domains(name, offset, sat) -> None:
+    """With LP tries the verdicts still agree with dense sampling; on the unsat cases the LP
+    refutes domains."""
+    out, p, engine, row, d = _lp_search(name, offset, lp_share=0.5)
+    assert out.verdict == ("sat" if sat else "unsat"), out.reason
+    if sat:
+        assert float(row[0] @ out.counterexample.y) <= d + 1e-6
+    else:
+        assert p.stats["lp_pruned"] > 0 and p.stats["relaxed_leaves"] >= p.stats["lp_pruned"]
+
+
+def test_lp_refute_never_closes_a_domain_holding_a_violation() -> None:
+    """Soundness: after two rounds of splits, the LP refutes no child that holds a sampled
+    point below ``d`` (a sat property: the minimiser's neighbourhood stays open)."""
+    from encoders.decide import LeafSolver
+
+    net = NETS["mixed"]()
+    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    row = np.array([[1.0, -0.5, 0.25]])
+    x = grid(lo, hi, 61)
+    with torch.no_grad():
+        vals = [v.double() for v in node_values(net, x.float())]
+    values = vals[-1] @ torch.tensor(row[0])
+    d = float(values.min()) + 0.05
+    p = problem(net, lo, hi, row, [d], refine="all")
+    p.leaf_solver = LeafSolver()
+    batch = p.bound(p.roots())
+    refuted = held = 0
+    for _ in range(2):
+        batch = p.bound(p.split(batch, BaBSR()))
+        for i in range(len(batch)):
+            res = p._solve_leaf(batch.select(torch.tensor([i])), 10.0, relaxed=True)
+            inside = _in_domain(p, batch, i, vals)
+            violated = bool((values[inside] <= d).any())
+            held += violated
+            refuted += res.status == "infeasible"
+            assert not (violated and res.status == "infeasible")
+            assert res.status in ("infeasible", "unknown")
+    assert held > 0
