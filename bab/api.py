@@ -29,6 +29,10 @@ class VerifyTimeout(Exception):
     """Raised inside the pipeline when the deadline has passed."""
 
 
+class AttackBudgetSpent(Exception):
+    """Raised inside the attack phase once it has used its share of the time."""
+
+
 class Deadline:
     """A wall-clock budget measured from ``start`` (``time.monotonic``)."""
 
@@ -172,14 +176,23 @@ class Pipeline:
             if not self._can_replay():
                 self.stats.notes.append("no ONNX source file to replay counterexamples on")
                 return None
-            falsifier = Falsifier(self.network, self.cfg.falsify, self.cfg.verify.seed,
-                                  self.deadline.check)
-            for cand in falsifier.run(self.spec.regions, batch=self.cfg.bab.batch_regions):
-                self.stats.attack_candidates += 1
-                cex = self.replay(cand.x, cand.region)
-                if cex is not None:
-                    self.stats.proved_by = "attack"
-                    return cex
+            stop = t0 + self.cfg.falsify.time_share * max(0.0, self.deadline.remaining())
+
+            def check() -> None:
+                self.deadline.check()
+                if time.monotonic() > stop:
+                    raise AttackBudgetSpent
+
+            falsifier = Falsifier(self.network, self.cfg.falsify, self.cfg.verify.seed, check)
+            try:
+                for cand in falsifier.run(self.spec.regions, batch=self.cfg.bab.batch_regions):
+                    self.stats.attack_candidates += 1
+                    cex = self.replay(cand.x, cand.region)
+                    if cex is not None:
+                        self.stats.proved_by = "attack"
+                        return cex
+            except AttackBudgetSpent:
+                self.stats.notes.append(f"attack stopped at falsify.time_share = {self.cfg.falsify.time_share}")
             return None
         finally:
             self._timed("attack", t0)

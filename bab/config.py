@@ -47,6 +47,7 @@ class FalsifyConfig:
     pgd_steps: int = opt(60, "PGD iterations per restart.")
     pgd_step_size: float = opt(0.1, "Initial PGD step as a fraction of each input's box width.")
     max_batch: int = opt(4096, "Largest batch evaluated at once during the attack.")
+    time_share: float = opt(0.2, "The attack phase stops (bounding starts) once it has used this share of the instance's time; BaB keeps attacking its open domains (1: no cap).")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,20 @@ def test_unsat_by_ibp(model) -> None:
     assert res.counterexample is None and "decide" in res.stats.phases
 
 
+def test_attack_stops_at_its_time_share_and_bab_decides(model) -> None:
+    """``falsify.time_share`` ~0: the attack phase stops at its first check (a note says so),
+    and the search still finds the counterexample of region 1 (replayed)."""
+    import dataclasses
+
+    spec = _spec([_region([1, -0.5], [2, 0.5], 0.5), _region([-0.3, -0.3], [0.3, 0.3], 0.05)])
+    cfg = Config()
+    cfg = dataclasses.replace(cfg, falsify=dataclasses.replace(cfg.falsify, time_share=1e-12))
+    res = bab.verify(model, spec, cfg, timeout=60)
+    assert any("falsify.time_share" in n for n in res.stats.notes)
+    assert res.status is Status.SAT and res.stats.proved_by != "attack"
+    assert spec.regions[1].contains(res.counterexample.x) and res.counterexample.y[0] <= 0.05
+
+
 def test_sat_in_second_region_only(model) -> None:
     # region 0 is safe (y >= 2 there), region 1 contains y = 0 at the origin
     spec = _spec([_region([1, -0.5], [2, 0.5], 0.5), _region([-0.3, -0.3], [0.3, 0.3], 0.05)])
