@@ -68,7 +68,30 @@ class BabMethod:
             from bab.relu_bab import run_relu_split
 
             return decide_regions(pipeline, "relu-split", run_relu_split)
+        cex = sample_regions(pipeline)
+        if cex is not None:
+            pipeline.stats.proved_by = "input-split bab (uniform samples)"
+            return Outcome(Status.SAT, cex)
         return decide_regions(pipeline, "input-split", run_input_split)
+
+
+def sample_regions(pipeline: Any) -> Any:
+    """Uniform samples of every box region for ``falsify.sample_seconds`` (at most
+    ``falsify.sample_share`` of the time left); the first replayed hit, else ``None``."""
+    from bab.falsify import Falsifier
+
+    cfg = pipeline.cfg.falsify
+    seconds = min(cfg.sample_seconds, cfg.sample_share * pipeline.deadline.remaining())
+    index = [i for i, r in enumerate(pipeline.spec.regions) if getattr(r, "ball", None) is None]
+    regions = tuple(pipeline.spec.regions[i] for i in index)
+    if not cfg.enabled or seconds <= 0 or not regions or not pipeline._can_replay():
+        return None
+    falsifier = Falsifier(pipeline.network, cfg, pipeline.cfg.verify.seed + 1, pipeline.deadline.check)
+    for cand in falsifier.sample_more(regions, seconds):
+        cex = pipeline.replay(cand.x, index[cand.region])
+        if cex is not None:
+            return cex
+    return None
 
 
 def decide_regions(pipeline: Any, strategy: str,

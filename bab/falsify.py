@@ -9,6 +9,8 @@ then clips to the region's box.
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -55,6 +57,9 @@ def _ball(region: Region | None):
 def margins(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """Margins ``[B, K]`` of outputs ``y`` [B, n_out] for every clause."""
     return (torch.einsum("kmo,bo->bkm", C, y) - d).amax(dim=-1)
+
+
+SAMPLE_BATCH = 65536  # uniform points per extra batch (low-dimensional inputs: small tensors)
 
 
 class Falsifier:
@@ -119,6 +124,22 @@ class Falsifier:
         marg = self._eval(x, C, d)
         order = torch.argsort(marg.min(dim=1).values)
         return self._found(x, marg, idx), x[order]
+
+    def sample_more(self, regions: tuple[Region, ...], seconds: float) -> list[Candidate]:
+        """Batches of ``SAMPLE_BATCH`` uniform inputs, each region in turn, for up to
+        ``seconds`` or until one hits (for low-dimensional inputs, where a small violating
+        region without a useful gradient can still be hit)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for idx, region in enumerate(regions):
+                self.check_time()
+                lo, hi = self._box(region)
+                C, d = clause_tensors(region, self.net.dtype, self.device)
+                x = self._sample(lo, hi, SAMPLE_BATCH, region)
+                hits = self._found(x, self._eval(x, C, d), idx)
+                if hits:
+                    return hits
+        return []
 
     def pgd_phase(self, idx: int, region: Region, seeds: torch.Tensor) -> list[Candidate]:
         """PGD on every clause's margin from the given start points plus random ones."""

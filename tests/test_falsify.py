@@ -69,3 +69,42 @@ def test_deadline_interrupts() -> None:
     except Stop:
         pass
     assert len(calls) == 4
+
+
+def _bump() -> "Network":
+    """``y = relu(1 - 200 (|x1 - 0.3| + |x2 - 0.6|))``: zero (flat, no gradient) outside a
+    diamond of radius 5e-3 (area 5e-5 of the unit box); ``y >= 0.5`` only inside radius 2.5e-3."""
+    from onnx_models import layers as L
+    from tests.irnets import chain
+
+    t = torch.tensor
+    first = L.Linear(t([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]), t([-0.3, 0.3, -0.6, 0.6]))
+    return chain([first, L.ReLU(), L.Linear(t([[-200.0, -200.0, -200.0, -200.0]]), t([1.0])), L.ReLU()], (2,))
+
+
+def test_extra_sampling_finds_a_tiny_flat_region() -> None:
+    """PGD has no gradient outside the bump and the 2048 samples of seed 1 miss it; batches of
+    uniform samples (``sample_more``, about 20,000 samples expected) hit it."""
+    net = _bump()
+    reg = _region([0, 0], [1, 1], [([[-1.0]], [-0.5])])  # unsafe: y >= 0.5
+    assert list(Falsifier(net, FalsifyConfig(), seed=1).run((reg,))) == []
+    cands = Falsifier(net, FalsifyConfig(), seed=1).sample_more((reg,), 60.0)
+    assert cands and all(net.evaluate(c.x)[0, 0] >= 0.5 and reg.contains(c.x) for c in cands)
+
+
+def test_pipeline_samples_before_input_split(tmp_path) -> None:
+    """End to end: the bump as an ONNX file, ``unsafe: y >= 0.5``; a short attack phase misses
+    it and the uniform batches before the input-split search find it (replayed)."""
+    import bab
+    from bab.config import Config
+    from bab.result import Status
+    from tests.builders import mlp_onnx, write_property
+
+    w1 = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    model = mlp_onnx(tmp_path / "bump.onnx", [w1, np.full((1, 4), -200.0), np.ones((1, 1))],
+                     [np.array([-0.3, 0.3, -0.6, 0.6]), np.ones(1), np.zeros(1)])
+    prop = write_property(tmp_path / "p.vnnlib", [0.0, 0.0], [1.0, 1.0], 1, "(assert (>= Y_0 0.5))")
+    cfg = Config(falsify=FalsifyConfig(random_samples=16, pgd_steps=0))  # a short attack misses it
+    res = bab.verify(model, prop, cfg, timeout=60)
+    assert res.status is Status.SAT and res.stats.proved_by == "input-split bab (uniform samples)"
+    assert res.counterexample.y[0] >= 0.5
