@@ -45,6 +45,7 @@ from bab.bounding.polyhedra.crown import plan_for
 from bab.bounding.polyhedra.relax import UNARY
 from bab.bounding.polyhedra.sshape import SSHAPED, default_t, remap_t, sshape_data
 from bab.region_batch import ball_rows, stack_regions
+from bab.relu_leaves import LeafDecisions
 from bab.result import Counterexample
 from bab.store import TensorBatch
 from onnx_models import layers as L
@@ -79,7 +80,7 @@ class ReluSplitOptions:
     eval_chunk: int = 4096
 
 
-class ReluSplitProblem:
+class ReluSplitProblem(LeafDecisions):
     """The SplitProblem for one region, or several searched as one batch (see :mod:`bab.engine`):
     ``region``/``region_index`` may be sequences; a root per (region, clause), ``root_region``
     maps roots to regions (their boxes and balls), replays name the property's region index."""
@@ -407,83 +408,7 @@ class ReluSplitProblem:
             self.global_lb = float(batch["priority"].min())
         return self._cex
 
-    # --- leaves and splitting ----------------------------------------------------------------
-
-    def leaves(self, batch: TensorBatch) -> tuple[TensorBatch, TensorBatch]:
-        """Linear leaves (no free unstable neuron), plus, with a leaf solver, domains not tried
-        yet: with at most ``milp_unstable`` unstable ReLUs (MILP, ReLU networks), or any
-        (the LP relaxation, networks with other nonlinearities), while the tries stay in
-        their time share."""
-        leaf = batch["unstable"] == 0
-        if "milp" in batch.fields:
-            if self._milp_allowed():
-                leaf |= (batch["unstable"] <= self.opts.milp_unstable) & (batch["milp"] == 0)
-            elif self._lp_allowed():
-                leaf |= batch["milp"] == 0
-        return batch.select(~leaf), batch.select(leaf)
-
-    def _milp_allowed(self) -> bool:
-        if self.leaf_solver is None or self.opts.milp_unstable <= 0 or self.shaped:
-            return False  # (the exact encoders take ReLU networks only)
-        return self._times["milp"] <= self.opts.milp_share * (time.monotonic() - self._t0)
-
-    def _lp_allowed(self) -> bool:
-        """LP refutation tries of domains of networks with non-ReLU nonlinearities (in share)."""
-        if self.leaf_solver is None or self.opts.lp_share <= 0 or not self.shaped:
-            return False
-        return self._times["lp"] <= self.opts.lp_share * (time.monotonic() - self._t0)
-
-    def decide_leaves(self, leaves: TensorBatch) -> tuple[Any, ...]:
-        """The Engine's leaf hook: an exact solver per leaf; ``unsat`` when every linear leaf
-        is infeasible. Partly split domains go to MILP (ReLU networks) or the LP relaxation
-        (other nonlinearities); those the solver does not settle in ``milp_time_limit`` (or
-        once the tries have used their time share) go back to splitting, marked as tried."""
-        back = []
-        for i in range(len(leaves)):
-            self.check_time()
-            leaf = leaves.select(torch.tensor([i], device=self.device))
-            linear = int(leaf["unstable"][0]) == 0
-            kind = "exact" if linear else "milp" if self._milp_allowed() else "lp" if self._lp_allowed() else ""
-            if not kind:
-                back.append(i)
-                continue
-            t0 = time.monotonic()
-            limit = self.opts.leaf_time_limit if linear else self.opts.milp_time_limit
-            res = self._solve_leaf(leaf, max(0.05, min(limit, self.remaining())), relaxed=kind == "lp")
-            if not linear:
-                self._times[kind] += time.monotonic() - t0
-            if res.status == "infeasible":
-                self.stats["lp_pruned"] += kind == "lp"
-                continue
-            if res.status == "feasible" and res.x is not None:
-                region = self.indices[int(self.root_region[leaf["root"][0]])]
-                cex = self.replay(np.asarray(res.x, np.float64), region)
-                if cex is not None:
-                    return "sat", cex  # the search ends: nothing goes back
-            if linear:
-                return "unknown", None
-            back.append(i)
-        rest = leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
-        if len(rest):
-            rest["milp"] = torch.ones_like(rest["milp"])
-        return "unsat", None, rest
-
-    def _solve_leaf(self, leaf: TensorBatch, time_limit: float, relaxed: bool = False) -> Any:
-        """The leaf solver on one domain (its clause rows, fixed phases and widened boxes);
-        ``relaxed``: only try to refute it with the LP relaxation."""
-        k = int(leaf["root"][0])
-        rows = self.valid[k]
-        phases = {r: leaf[f"ph{r}"][0].cpu().numpy() for r in self.branchable}
-        boxes = {j: tuple(t[0].cpu().numpy() for t in box) for j, box in self.state_of(leaf, widen=1e-6).boxes.items()}
-        region = self.regions[int(self.root_region[k])]
-        ball = {"ball": region.ball} if self.ball else {}
-        solve = self.leaf_solver.refute if relaxed else self.leaf_solver.decide
-        res = solve(self.net, region.lower, region.upper,
-                                      self.C[k][rows].cpu().double().numpy(), self.d[k][rows].cpu().double().numpy(),
-                                      phases, boxes, time_limit, **ball)
-        key = f"{getattr(res, 'kind', '') or 'solver'}_leaves"
-        self.stats[key] = self.stats.get(key, 0) + 1
-        return res
+    # --- splitting ---------------------------------------------------------------------------
 
     @property
     def split_nodes(self) -> list[int]:
