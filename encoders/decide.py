@@ -180,12 +180,16 @@ class LeafSolver:
         """Try to prove a domain free of counterexamples with the LP relaxation only (the
         arguments of :meth:`decide`): ``infeasible``, else ``unknown`` (never ``feasible``: a
         relaxation's point need not be a real input's image)."""
+        end = time.monotonic() + time_limit
         C, d = _np(C).reshape(-1, network.n_outputs), _np(d).reshape(-1)
         try:
-            enc = encode(network, _np(region_lower), _np(region_upper), phases, intermediate, ball=ball)
+            enc = encode(network, _np(region_lower), _np(region_upper), phases, intermediate, ball=ball,
+                         check=lambda: _within(end))
         except UnsupportedNetwork as exc:
             return LeafResult("unknown", reason=str(exc), kind="relaxed")
-        res = solve_clause(enc, C, d, self.cfg, time_limit, self.disp, "lp")
+        except _OverTime:
+            return LeafResult("unknown", reason="time limit reached while encoding", kind="relaxed")
+        res = solve_clause(enc, C, d, self.cfg, max(0.01, end - time.monotonic()), self.disp, "lp")
         if res.status == "infeasible":
             return LeafResult("infeasible", reason=res.reason, kind="relaxed")
         return LeafResult("unknown", reason=res.reason or res.status, kind="relaxed")
@@ -212,6 +216,15 @@ def decide_leaf(network: Network, region_lower: Any, region_upper: Any, C: Any, 
     """
     return LeafSolver(config).decide(network, region_lower, region_upper, C, d, phases,
                                      intermediate, time_limit)
+
+
+class _OverTime(Exception):
+    """A leaf's time limit passed while its network was being encoded."""
+
+
+def _within(end: float) -> None:
+    if time.monotonic() > end:
+        raise _OverTime
 
 
 def _np(v: Any) -> np.ndarray:

@@ -367,3 +367,16 @@ def test_lp_refute_never_closes_a_domain_holding_a_violation() -> None:
             assert not (violated and res.status == "infeasible")
             assert res.status in ("infeasible", "unknown")
     assert held > 0
+
+
+def test_lp_refute_gives_up_when_encoding_outlasts_its_time_limit() -> None:
+    """The encoding of a (possibly large) network is checked against the try's time limit."""
+    from encoders.decide import LeafSolver
+
+    net = NETS["mixed"]()
+    res = LeafSolver().refute(net, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), np.array([[1.0, -0.5, 0.25]]),
+                              np.array([-100.0]), time_limit=0.0)
+    assert res.status == "unknown" and "encoding" in res.reason
+    ok = LeafSolver().refute(net, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), np.array([[1.0, -0.5, 0.25]]),
+                             np.array([-100.0]), time_limit=30.0)
+    assert ok.status == "infeasible"  # the row's value is far above -100 everywhere
