@@ -130,11 +130,10 @@ class Falsifier:
         ``seconds`` or until one hits (for low-dimensional inputs, where a small violating
         region without a useful gradient can still be hit)."""
         end = time.monotonic() + seconds
+        boxes = [(*self._box(r), *clause_tensors(r, self.net.dtype, self.device)) for r in regions]
         while time.monotonic() < end:
-            for idx, region in enumerate(regions):
+            for idx, (region, (lo, hi, C, d)) in enumerate(zip(regions, boxes)):
                 self.check_time()
-                lo, hi = self._box(region)
-                C, d = clause_tensors(region, self.net.dtype, self.device)
                 x = self._sample(lo, hi, SAMPLE_BATCH, region)
                 hits = self._found(x, self._eval(x, C, d), idx)
                 if hits:

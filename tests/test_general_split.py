@@ -209,6 +209,14 @@ def _in_domain(p: ReluSplitProblem, batch, i: int, vals: list[torch.Tensor]) -> 
     return ok
 
 
+def _sampled(net: Network, lo: np.ndarray, hi: np.ndarray, row: np.ndarray) -> tuple[list, torch.Tensor]:
+    """Every node's values on a 61 x 61 grid of the box (float64), and ``row . y`` there."""
+    x = grid(lo, hi, 61)
+    with torch.no_grad():
+        vals = [v.double() for v in node_values(net, x.float())]
+    return vals, vals[-1] @ torch.tensor(row[0])
+
+
 @pytest.mark.parametrize("name", list(NETS))
 def test_split_domains_bounds_contain_samples(name) -> None:
     """Three rounds of splitting: every open child's bound is at most the minimum over the sampled
@@ -216,10 +224,7 @@ def test_split_domains_bounds_contain_samples(name) -> None:
     net = NETS[name]()
     lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
     row = np.array([[1.0, -0.5, 0.25]])
-    x = grid(lo, hi, 61)
-    with torch.no_grad():
-        vals = [v.double() for v in node_values(net, x.float())]
-    values = vals[-1] @ torch.tensor(row[0])
+    vals, values = _sampled(net, lo, hi, row)
     d = float(values.min()) + 0.01  # sat: the search keeps splitting around the minimiser
     p = problem(net, lo, hi, row, [d], refine="all")
     batch = p.bound(p.roots())
@@ -242,25 +247,39 @@ VERDICTS = [("sigmoid", -0.1, False), ("sigmoid", 0.1, True), ("mixed", 0.1, Tru
             pytest.param("sigmoid", -0.02, False, marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("name, offset, sat", VERDICTS)
-def test_verdicts_agree_with_dense_sampling(name, offset, sat) -> None:
-    """The whole search: unsat below the sampled minimum, sat above it (found by the search's
-    own attacks; the unsat cases that need many interval splits run under ``-m slow``). The
-    tanh network's unsat case at -0.1 is left out: its root gap (~1.8) closes too slowly by
-    neuron splits on a 2-input network (over 600 s; input splitting is the tool there)."""
+def _search(name: str, offset: float, limit: float, **opts):
+    """The whole search on ``NETS[name]`` against ``0.5 y0 + y1 - y2 <= min + offset`` (the
+    minimum over a dense grid); with ``lp_share`` in ``opts``, also with the leaf solver.
+    Returns the outcome, the problem, the row and ``d``."""
+    from encoders.decide import LeafSolver
+
     net = NETS[name]()
     lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
     row = np.array([[0.5, 1.0, -1.0]])
     with torch.no_grad():
         values = net.forward(grid(lo, hi).float()).double() @ torch.tensor(row[0])
     d = float(values.min()) + offset
-    p = problem(net, lo, hi, row, [d], attack=True)
-    end = time.monotonic() + 600
+    p = problem(net, lo, hi, row, [d], attack=True, **opts)
+    leaf = None
+    if "lp_share" in opts:
+        p.leaf_solver = LeafSolver()
+        leaf = p.decide_leaves
+    end = time.monotonic() + limit
 
     def check() -> None:
         if time.monotonic() > end:
-            raise TimeoutError("the search did not finish in 600 s")
-    out = Engine(p, FSB(k=2), EngineOptions(batch_size=16, max_domains=20000), check).run()
+            raise TimeoutError(f"the search did not finish in {limit:.0f} s")
+    out = Engine(p, FSB(k=2), EngineOptions(batch_size=16, max_domains=20000), check, leaf_solver=leaf).run()
+    return out, p, row, d
+
+
+@pytest.mark.parametrize("name, offset, sat", VERDICTS)
+def test_verdicts_agree_with_dense_sampling(name, offset, sat) -> None:
+    """The whole search: unsat below the sampled minimum, sat above it (found by the search's
+    own attacks; the unsat cases that need many interval splits run under ``-m slow``). The
+    tanh network's unsat case at -0.1 is left out: its root gap (~1.8) closes too slowly by
+    neuron splits on a 2-input network (over 600 s; input splitting is the tool there)."""
+    out, _, row, d = _search(name, offset, limit=600)
     assert out.verdict == ("sat" if sat else "unsat"), out.reason
     if sat:
         assert float(row[0] @ out.counterexample.y) <= d + 1e-6
@@ -304,34 +323,12 @@ def test_brancher_ranks_relu_and_sigmoid_neurons_together(brancher, weights, bes
 
 # --- LP refutation of domains (networks with non-ReLU nonlinearities) ---------------------------
 
-def _lp_search(name: str, offset: float, lp_share: float):
-    """The whole search with the leaf solver (LP refutation tries at ``lp_share``)."""
-    from encoders.decide import LeafSolver
-
-    net = NETS[name]()
-    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
-    row = np.array([[0.5, 1.0, -1.0]])
-    with torch.no_grad():
-        values = net.forward(grid(lo, hi).float()).double() @ torch.tensor(row[0])
-    d = float(values.min()) + offset
-    p = problem(net, lo, hi, row, [d], attack=True, lp_share=lp_share)
-    p.leaf_solver = LeafSolver()
-    end = time.monotonic() + 300
-
-    def check() -> None:
-        if time.monotonic() > end:
-            raise TimeoutError("the search did not finish in 300 s")
-    engine = Engine(p, FSB(k=2), EngineOptions(batch_size=16, max_domains=20000), check,
-                    leaf_solver=p.decide_leaves)
-    return engine.run(), p, engine, row, d
-
-
 @pytest.mark.parametrize("name, offset, sat", [("sigmoid", -0.02, False), ("sigmoid", 0.1, True), ("mixed", 0.1, True),
                                                pytest.param("mixed", -0.1, False, marks=pytest.mark.slow)])
 def test_lp_refutation_keeps_verdicts_and_closes_domains(name, offset, sat) -> None:
     """With LP tries the verdicts still agree with dense sampling; on the unsat cases the LP
     refutes domains."""
-    out, p, engine, row, d = _lp_search(name, offset, lp_share=0.5)
+    out, p, row, d = _search(name, offset, limit=300, lp_share=0.5)
     assert out.verdict == ("sat" if sat else "unsat"), out.reason
     if sat:
         assert float(row[0] @ out.counterexample.y) <= d + 1e-6
@@ -347,15 +344,12 @@ def test_lp_refute_never_closes_a_domain_holding_a_violation() -> None:
     net = NETS["mixed"]()
     lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
     row = np.array([[1.0, -0.5, 0.25]])
-    x = grid(lo, hi, 61)
-    with torch.no_grad():
-        vals = [v.double() for v in node_values(net, x.float())]
-    values = vals[-1] @ torch.tensor(row[0])
+    vals, values = _sampled(net, lo, hi, row)
     d = float(values.min()) + 0.05
     p = problem(net, lo, hi, row, [d], refine="all")
     p.leaf_solver = LeafSolver()
     batch = p.bound(p.roots())
-    refuted = held = 0
+    held = 0
     for _ in range(2):
         batch = p.bound(p.split(batch, BaBSR()))
         for i in range(len(batch)):
@@ -363,7 +357,6 @@ def test_lp_refute_never_closes_a_domain_holding_a_violation() -> None:
             inside = _in_domain(p, batch, i, vals)
             violated = bool((values[inside] <= d).any())
             held += violated
-            refuted += res.status == "infeasible"
             assert not (violated and res.status == "infeasible")
             assert res.status in ("infeasible", "unknown")
     assert held > 0
