@@ -97,6 +97,9 @@ class Engine:
         self.stats = BabStats()
         self._store: DomainStore | None = None
         self.on_step: Callable[[], None] | None = None  # called between steps (checkpoints)
+        # a side search run before each step: it may drop proven domains from the store, or
+        # end the search with an outcome (``sat`` with a replayed counterexample)
+        self.side: Callable[[DomainStore], BabOutcome | None] | None = None
 
     def _timed(self, attr: str, fn: Callable[[], Any]) -> Any:
         t0 = time.monotonic()
@@ -164,6 +167,12 @@ class Engine:
         if not len(store):
             return BabOutcome("unsat")
         self.check_time()
+        if self.side is not None:
+            outcome = self.side(store)
+            if outcome is not None:
+                return outcome
+            if not len(store):
+                return BabOutcome("unsat")
         if len(store) > self.opts.max_domains:
             return BabOutcome("unknown", reason=f"more than {self.opts.max_domains} open domains")
         size = self.opts.batch_size if left is None else max(1, min(self.opts.batch_size, (left + 1) // 2))

@@ -155,6 +155,11 @@ def run_relu_split(pipeline: Any, region: Any, index: Any) -> tuple[BabOutcome, 
     engine.stats.strategy = "relu-split"
     engine.stats.extra.update(branching=name, batch_size=batch, max_domains=max_domains,
                               root_time=time.monotonic() - t0)
+    share = float(_opt(getattr(cfg, "beta", None), "clause_milp_share", 0.0))
+    if leaf is not None and share > 0 and not problem.shaped:
+        from bab.clause_milp import ClauseMilpSide
+
+        engine.side = ClauseMilpSide(problem, share)
     if ckpt is not None:
         ckpt.attach_engine("relu-split", engine)
     try:

@@ -258,6 +258,22 @@ class Dispatcher:
         self.last_backend = self.ortools.name
         return self.ortools.solve_many(model, objs, consts, time_limit, tol)
 
+    def resumable(self, model: LinearModel, tol: float) -> Any:
+        """A Gurobi solve to run in slices (``advance(seconds)``), or ``None`` when Gurobi is not
+        configured, not usable, or the model exceeds its licence (OR-Tools cannot resume)."""
+        g = self.gurobi()
+        if g is None or not self.fits(model):
+            return None
+        try:
+            return g.resumable(model, tol)
+        except LicenceError as exc:
+            self._licence_failure(exc, model)
+            return None
+
+    def licence_failure(self, exc: LicenceError, model: LinearModel) -> None:
+        """Record a licence error met by a resumable solve (see :meth:`_licence_failure`)."""
+        self._licence_failure(exc, model)
+
     def _licence_failure(self, exc: LicenceError, model: LinearModel) -> None:
         """Remember what failed (size limit or no licence) and warn once."""
         size = max(model.n_vars, model.n_rows)

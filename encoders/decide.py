@@ -72,13 +72,13 @@ def solve_clause(enc: Encoding, C: np.ndarray, d: np.ndarray, cfg: Any, time_lim
     model = lower(enc, "lp" if exact else "milp", C, d, (-np.inf, t_max), phase_slack=tau)
     model.obj_stop = stop
     res = disp.solve(model, time_limit, float(cfg.feasibility_tol))
-    out = _interpret(res, enc, tau)
+    out = interpret(res, enc, tau)
     if want is not None and out.status == "infeasible":
         out = ClauseResult("unknown", backend=res.backend, reason=f"no point violating the clause by {want:.2g}")
     return out
 
 
-def _interpret(res: SolveResult, enc: Encoding, tau: float) -> ClauseResult:
+def interpret(res: SolveResult, enc: Encoding, tau: float) -> ClauseResult:
     """Map an exact (MILP, or LP of a linear domain) solve with ``t <= tau`` to a verdict."""
     b = res.backend
     if res.status == "infeasible":
@@ -169,7 +169,7 @@ class LeafSolver:
         if res.status == "infeasible":
             return LeafResult("infeasible", reason=res.reason, kind=kind)
         if res.status == "feasible":
-            out = self._checked(network, res.x, C, d)
+            out = self.checked(network, res.x, C, d)
             out.kind = kind
             return out
         return LeafResult("unknown", reason=res.reason or res.status, kind=kind)
@@ -194,7 +194,16 @@ class LeafSolver:
             return LeafResult("infeasible", reason=res.reason, kind="relaxed")
         return LeafResult("unknown", reason=res.reason or res.status, kind="relaxed")
 
-    def _checked(self, network: Network, x: np.ndarray, C: np.ndarray, d: np.ndarray) -> LeafResult:
+    def clause_search(self, network: Network, region_lower: Any, region_upper: Any, C: Any, d: Any,
+                      intermediate: dict[int, Any] | None = None, ball: Any = None) -> Any:
+        """A whole-clause MILP to run in slices beside a BaB search
+        (:class:`encoders.clause_search.ClauseSearch`), or ``None`` when no resumable solver
+        takes it (see :meth:`encoders.backends.Dispatcher.resumable`)."""
+        from encoders.clause_search import ClauseSearch
+
+        return ClauseSearch.start(self, network, region_lower, region_upper, C, d, intermediate, ball)
+
+    def checked(self, network: Network, x: np.ndarray, C: np.ndarray, d: np.ndarray) -> LeafResult:
         """A candidate counts as feasible when the float64 forward pass agrees within tolerance."""
         net = float64_network(network)
         with torch.no_grad():

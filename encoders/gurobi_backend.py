@@ -111,6 +111,18 @@ class GurobiBackend:
             msg = f"Gurobi error {errno}: {exc}"
             return [SolveResult("error", backend=self.name, message=msg) for _ in range(objs.shape[0])]
 
+    def resumable(self, model: LinearModel, tol: float) -> "ResumableSolve":
+        """A solve that :meth:`ResumableSolve.advance` runs in slices (Gurobi resumes its
+        branch and bound where the previous slice stopped, as long as the model is unchanged)."""
+        try:
+            m, x = self.build(model, 0.01, tol)
+        except gp.GurobiError as exc:
+            errno = getattr(exc, "errno", 0)
+            if errno in LICENCE_ERRORS:
+                raise LicenceError(errno, getattr(exc, "message", str(exc))) from None
+            raise
+        return ResumableSolve(self, m, x, model)
+
     def _result(self, m: Any, x: Any, model: LinearModel) -> SolveResult:
         G = gp.GRB
         st = m.Status
@@ -134,3 +146,26 @@ def _add(m: Any, x: Any, A: sp.csr_matrix, mask: np.ndarray, sense: str, rhs: np
     idx = np.nonzero(mask)[0]
     if idx.size:
         m.addMConstr(A[idx], x, sense, rhs[idx])
+
+
+class ResumableSolve:
+    """One Gurobi model solved in time slices: each :meth:`advance` continues the search."""
+
+    def __init__(self, backend: GurobiBackend, m: Any, x: Any, model: LinearModel) -> None:
+        self.backend, self.m, self.x, self.model = backend, m, x, model
+        self.seconds = 0.0
+
+    def advance(self, seconds: float) -> SolveResult:
+        """Search on for at most ``seconds``; licence errors raise :class:`LicenceError`."""
+        t0 = time.monotonic()
+        try:
+            self.m.Params.TimeLimit = max(0.01, float(seconds))
+            self.backend._optimize(self.m)
+            return self.backend._result(self.m, self.x, self.model)
+        except gp.GurobiError as exc:
+            errno = getattr(exc, "errno", 0)
+            if errno in LICENCE_ERRORS:
+                raise LicenceError(errno, getattr(exc, "message", str(exc))) from None
+            return SolveResult("error", backend=self.backend.name, message=f"Gurobi error {errno}: {exc}")
+        finally:
+            self.seconds += time.monotonic() - t0

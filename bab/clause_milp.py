@@ -1,0 +1,113 @@
+"""Whole-clause MILPs searched in slices beside ReLU-split BaB.
+
+On deep ReLU networks the relaxation gap of a clause can stay wide through thousands of
+beta-CROWN domains, while a MILP solver (presolve, cuts, its own branching) decides the same
+clause in seconds. :class:`ClauseMilpSide` is the engine's side hook: between BaB steps, while
+its slices have taken at most ``share`` of the search's time, it advances one clause's MILP
+(:class:`encoders.clause_search.ClauseSearch`, built over the region with the root's
+intermediate boxes). The clause it works on is the root of the worst open domain, and it stays
+with that clause until the solver decides it:
+
+- ``infeasible``: the clause holds nowhere; its domains leave the store (all of them: a clause
+  is one BaB root);
+- a candidate point: replayed on the original network (``sat`` only when the replay agrees);
+- anything else: the clause is left to BaB alone.
+
+Nothing is tried without a resumable solver (Gurobi, within its licence); the first clause
+that cannot be searched in slices turns the side search off.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from bab.engine import BabOutcome
+from bab.store import DomainStore
+
+MIN_SLICE = 0.5  # seconds: shorter slices are not worth the solver's restart
+MAX_SLICE = 10.0  # seconds: BaB gets a turn at least this often
+
+
+class ClauseMilpSide:
+    """Advances whole-clause MILPs of a :class:`~bab.relu_split.ReluSplitProblem` in slices."""
+
+    def __init__(self, problem: Any, share: float) -> None:
+        self.problem, self.share = problem, share
+        self.t0 = time.monotonic()
+        self.spent = 0.0
+        self.searches: dict[int, Any] = {}
+        self.finished: set[int] = set()
+        self.off = False
+        problem.stats.update(clause_milp_closed=0, clause_milp_started=0, clause_milp_time=0.0)
+
+    def __call__(self, store: DomainStore) -> BabOutcome | None:
+        """One slice when the share allows; ``sat`` with a replayed counterexample, or ``None``."""
+        budget = self.share * (time.monotonic() - self.t0) - self.spent
+        if self.off or budget < MIN_SLICE or not len(store):
+            return None
+        t0 = time.monotonic()
+        try:
+            return self._slice(store, min(budget, MAX_SLICE, max(0.0, self.problem.remaining())))
+        finally:
+            self.spent += time.monotonic() - t0
+            self.problem.stats["clause_milp_time"] = self.spent
+
+    def _slice(self, store: DomainStore, seconds: float) -> BabOutcome | None:
+        k = self._pick(store)
+        if k is None:
+            return None
+        search = self.searches.get(k)
+        if search is None:
+            search = self._start(k)
+            if search is None:
+                self.off = True
+                return None
+        res = search.advance(seconds)
+        if res is None:
+            return None
+        self.finished.add(k)
+        self.searches.pop(k, None)
+        if res.status == "infeasible":
+            store.batch = store.batch.select(store.batch["root"] != k)
+            self.problem.stats["clause_milp_closed"] += 1
+        elif res.status == "feasible" and res.x is not None:
+            p = self.problem
+            cex = p.replay(np.asarray(res.x, np.float64), p.indices[int(p.root_region[k])])
+            if cex is not None:
+                return BabOutcome("sat", cex)
+        return None
+
+    def _pick(self, store: DomainStore) -> int | None:
+        """The clause searched now: the one in progress if still open, else the root of the
+        worst open domain among clauses not tried yet."""
+        roots = store.batch["root"]
+        for k in list(self.searches):
+            if bool((roots == k).any()):
+                return k
+            del self.searches[k]  # BaB closed it first
+            self.finished.add(k)
+        fresh = ~torch.isin(roots, torch.tensor(sorted(self.finished), dtype=roots.dtype, device=roots.device))
+        if not bool(fresh.any()):
+            return None
+        prio = torch.where(fresh, store.batch["priority"], torch.full_like(store.batch["priority"], float("inf")))
+        return int(roots[int(torch.argmin(prio))])
+
+    def _start(self, k: int) -> Any:
+        """The MILP of clause ``k`` over its region, with the root's (widened) boxes."""
+        p = self.problem
+        rows = p.valid[k]
+        one = p.roots().select(torch.tensor([k], device=p.device))
+        boxes = {j: tuple(t[0].cpu().numpy() for t in box) for j, box in p.state_of(one, widen=1e-6).boxes.items()}
+        region = p.regions[int(p.root_region[k])]
+        ball = region.ball if p.ball else None
+        search = p.leaf_solver.clause_search(p.net, region.lower, region.upper,
+                                             p.C[k][rows].cpu().double().numpy(),
+                                             p.d[k][rows].cpu().double().numpy(), boxes, ball)
+        if search is not None:
+            self.searches[k] = search
+            p.stats["clause_milp_started"] += 1
+        return search
