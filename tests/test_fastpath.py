@@ -199,3 +199,51 @@ def test_shared_acas_pair_without_torch(bench_dir: Path) -> None:
             "print(a.status, b.status, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.stdout.split() == ["sat", "unsat", "False"], out.stderr
+
+
+def _search(net, C, d, lo, up, split: bool = True):
+    from bab.fastpath.search import ClauseRows, RegionSearch
+
+    rows = ClauseRows.of([(np.atleast_2d(C).astype(float), np.atleast_1d(d).astype(float))], net.n_outputs)
+    s = RegionSearch(net, rows, 1e-6, lambda x, k: False, 64, split)
+    s.root_width = np.asarray(up, float) - np.asarray(lo, float)
+    return s
+
+
+def test_split_prefers_a_starved_input_over_the_scored_pick() -> None:
+    """The score |coefficient| x width picks input 0; once input 1 is relatively more than
+    ASPECT times wider (its final coefficient is near zero), input 1 is halved instead."""
+    from bab.fastpath.model import FcNet
+    from bab.fastpath.search import ASPECT
+
+    net = FcNet((np.eye(2), np.eye(2)), (np.zeros(2), np.zeros(2)))
+    s = _search(net, [1.0, 0.0], 0.0, [0.0, 0.0], [1.0, 1.0])
+    coef = np.array([[[1.0, 1e-9]]])
+    best, open_ = np.zeros((1, 1), int), np.ones((1, 1), bool)
+    for w0, want in ((1.0 / ASPECT, 0), (0.5 / ASPECT, 1)):
+        lo, up = np.array([[0.0, 0.0]]), np.array([[w0, 1.0]])
+        clo, cup = s._split(lo.copy(), up.copy(), coef, best, open_)
+        halved = np.flatnonzero(cup[0] - clo[0] < up[0] - lo[0])
+        assert list(halved) == [want], (w0, clo, cup)
+
+
+def test_search_hands_over_when_the_open_volume_stops_shrinking(monkeypatch) -> None:
+    """min relu(x) over [-1, 1] is 0 while the clause asks for y <= -1e-9: unsat with no margin
+    for x <= 0, so half the box never closes. On a clock that advances 0.1 s per reading, the
+    search stops as stalled once STALL_AFTER has passed, long before its deadline."""
+    import bab.fastpath.search as S
+    from bab.fastpath.model import FcNet
+
+    clock = [0.0]
+
+    def tick() -> float:
+        clock[0] += 0.1
+        return clock[0]
+
+    monkeypatch.setattr(S, "time", __import__("types").SimpleNamespace(monotonic=tick))
+    net = FcNet((np.eye(1), np.eye(1)), (np.zeros(1), np.zeros(1)))
+    s = _search(net, [1.0], -1e-9, [-1.0], [1.0])
+    res = s.run(np.array([-1.0]), np.array([1.0]), 60.0)
+    assert res.verdict is S.Verdict.UNDECIDED and res.reason.startswith("stalled"), res.reason
+    assert S.STALL_AFTER <= clock[0] < 60.0
+    assert s.closed_volume <= 0.5

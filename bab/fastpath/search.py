@@ -22,7 +22,9 @@ from bab.fastpath.model import FcNet
 
 MIN_WIDTH = 1e-9  # boxes narrower than this in every input are not split (the torch path decides)
 MAX_OPEN = 1_000_000  # open-box cap (memory)
-MEMORY_FLOATS = 3e7  # float64 entries of one batch's largest coefficient tensor
+MEMORY_FLOATS = 3e7
+ASPECT = 64.0  # an input this many times wider (relative to the region) than the scored pick is split first
+STALL_AFTER, STALL_WINDOW = 2.0, 1.0  # seconds: after STALL_AFTER, each window must halve the open volume  # float64 entries of one batch's largest coefficient tensor
 
 
 class Verdict(enum.Enum):
@@ -74,6 +76,8 @@ class RegionSearch:
         self.batch = max(1, min(batch, int(MEMORY_FLOATS // (2 * widest * widest))))
         self.split = split
         self.boxes = 0
+        self.closed_volume = 0.0  # share of the region's volume proven so far
+        self.on_step: Callable[["RegionSearch"], None] | None = None
 
     def closed(self, lo: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per box and clause: refuted? Plus the bound gaps [N, R] and input coefficients."""
@@ -84,6 +88,16 @@ class RegionSearch:
         clause_ok = np.stack([refuted[:, self.rows.owner == k].any(axis=1)
                               for k in range(self.rows.n_clauses)], axis=1)
         return clause_ok, gap, b.coef
+
+    def _stalled(self) -> bool:
+        """After ``STALL_AFTER`` seconds: whether the last ``STALL_WINDOW`` failed to halve the
+        open share of the region (the torch path, with its stronger bounds, takes over)."""
+        now, open_ = time.monotonic(), 1.0 - self.closed_volume
+        t_mark, open_mark = self._mark
+        if now - t_mark < STALL_WINDOW:
+            return False
+        self._mark = (now, open_)
+        return now - self._t0 >= STALL_AFTER and open_ > open_mark / 2
 
     def _best_rows(self, gap: np.ndarray, open_clause: np.ndarray) -> np.ndarray:
         """[N, K]: index of the row with the largest gap in each clause."""
@@ -122,6 +136,9 @@ class RegionSearch:
         score = np.where(width > MIN_WIDTH, score + 1e-12 * width, -1.0)
         dim = np.argmax(score, axis=1)
         n = np.arange(lo.shape[0])
+        rel = width / self.root_width  # a near-zero final coefficient must not starve an input
+        wide = np.argmax(rel, axis=1)
+        dim = np.where(rel[n, wide] > ASPECT * rel[n, dim], wide, dim)
         mid = (lo[n, dim] + up[n, dim]) / 2
         lo2, up2 = lo.copy(), up.copy()
         up[n, dim] = mid
@@ -136,6 +153,10 @@ class RegionSearch:
         if any(not np.any(self.rows.owner == k) for k in range(self.rows.n_clauses)):
             return SearchResult(Verdict.UNDECIDED, reason="a clause without rows")
         stack_lo, stack_up = lo[None].copy(), up[None].copy()
+        width = np.where(up > lo, up - lo, 1.0)
+        self.root_width = width
+        self._t0 = time.monotonic()
+        self._mark = (self._t0, 1.0)
         while stack_lo.shape[0]:
             if time.monotonic() > deadline:
                 return SearchResult(Verdict.UNDECIDED, boxes=self.boxes, reason="budget spent")
@@ -145,6 +166,11 @@ class RegionSearch:
             self.boxes += take
             clause_ok, gap, coef = self.closed(blo, bup)
             open_box = ~clause_ok.all(axis=1)
+            self.closed_volume += float(np.prod((bup - blo)[~open_box] / width, axis=1).sum())
+            if self.on_step is not None:
+                self.on_step(self)
+            if self._stalled():
+                return SearchResult(Verdict.UNDECIDED, boxes=self.boxes, reason="stalled (open volume not halving)")
             if not open_box.any():
                 continue
             blo, bup, coef, gap = blo[open_box], bup[open_box], coef[open_box], gap[open_box]
