@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -68,30 +69,69 @@ class BabMethod:
             from bab.relu_bab import run_relu_split
 
             return decide_regions(pipeline, "relu-split", run_relu_split)
-        cex = sample_regions(pipeline)
+        pipeline.sampler = UniformSampler(pipeline)
+        cex = pipeline.sampler.first()
         if cex is not None:
             pipeline.stats.proved_by = "input-split bab (uniform samples)"
             return Outcome(Status.SAT, cex)
         return decide_regions(pipeline, "input-split", run_input_split)
 
 
-def sample_regions(pipeline: Any) -> Any:
-    """Uniform samples of every box region for ``falsify.sample_seconds`` (at most
-    ``falsify.sample_share`` of the time left); the first replayed hit, else ``None``."""
-    from bab.falsify import Falsifier
+SAMPLE_FIRST = 0.25  # seconds of uniform samples before the first split; the rest between steps
+SAMPLE_SLICE = 0.5  # seconds at most per slice between steps
 
-    cfg = pipeline.cfg.falsify
-    seconds = min(cfg.sample_seconds, cfg.sample_share * pipeline.deadline.remaining())
-    index = [i for i, r in enumerate(pipeline.spec.regions) if getattr(r, "ball", None) is None]
-    regions = tuple(pipeline.spec.regions[i] for i in index)
-    if not cfg.enabled or seconds <= 0 or not regions or not pipeline._can_replay():
-        return None
-    falsifier = Falsifier(pipeline.network, cfg, pipeline.cfg.verify.seed + 1, pipeline.deadline.check)
-    for cand in falsifier.sample_more(regions, seconds):
-        cex = pipeline.replay(cand.x, index[cand.region])
+
+class UniformSampler:
+    """Uniform samples of the box regions for input-split BaB: ``falsify.sample_seconds`` in
+    all (at most ``falsify.sample_share`` of the time left), ``SAMPLE_FIRST`` of them before the
+    search and the rest between its steps (the engine's side hook) while they have taken at
+    most ``falsify.sample_side_share`` of the search's time. Hits are replayed."""
+
+    def __init__(self, pipeline: Any) -> None:
+        from bab.falsify import Falsifier
+
+        cfg = pipeline.cfg.falsify
+        self.pipeline = pipeline
+        self.index = [i for i, r in enumerate(pipeline.spec.regions) if getattr(r, "ball", None) is None]
+        self.regions = tuple(pipeline.spec.regions[i] for i in self.index)
+        self.left = min(cfg.sample_seconds, cfg.sample_share * pipeline.deadline.remaining())
+        if not cfg.enabled or not self.regions or not pipeline._can_replay():
+            self.left = 0.0
+        self.share = cfg.sample_side_share
+        self.falsifier = Falsifier(pipeline.network, cfg, pipeline.cfg.verify.seed + 1, pipeline.deadline.check)
+        self.t0, self.between = time.monotonic(), 0.0
+
+    def sample(self, seconds: float) -> Any:
+        """Sample for up to ``seconds`` (within the budget left): the replayed hit, or ``None``."""
+        seconds = min(seconds, self.left)
+        if seconds <= 0:
+            return None
+        t0 = time.monotonic()
+        try:
+            for cand in self.falsifier.sample_more(self.regions, seconds):
+                cex = self.pipeline.replay(cand.x, self.index[cand.region])
+                if cex is not None:
+                    return cex
+            return None
+        finally:
+            self.left -= time.monotonic() - t0
+
+    def first(self) -> Any:
+        """The samples before the search."""
+        self.t0 = time.monotonic()
+        return self.sample(SAMPLE_FIRST)
+
+    def __call__(self, store: Any) -> BabOutcome | None:
+        """Between two steps: a slice while the share allows; ``sat`` on a replayed hit."""
+        allowed = self.share * (time.monotonic() - self.t0) - self.between
+        if self.left <= 0 or allowed < 0.02:
+            return None
+        t0 = time.monotonic()
+        cex = self.sample(min(allowed, SAMPLE_SLICE))
+        self.between += time.monotonic() - t0
         if cex is not None:
-            return cex
-    return None
+            return BabOutcome("sat", cex, reason="uniform samples")
+        return None
 
 
 def decide_regions(pipeline: Any, strategy: str,
@@ -115,7 +155,7 @@ def decide_regions(pipeline: Any, strategy: str,
         _merge(totals, stats)
         pipeline.stats.extra["bab"] = totals
         if outcome.verdict == "sat":
-            pipeline.stats.proved_by = f"{strategy} bab (counterexample)"
+            pipeline.stats.proved_by = f"{strategy} bab ({outcome.reason or 'counterexample'})"
             return Outcome(Status.SAT, outcome.counterexample)
         if outcome.verdict != "unsat":
             return Outcome(Status.UNKNOWN, reason=outcome.reason)
@@ -201,6 +241,7 @@ def _input_engine(pipeline: Any, problem: Any, brancher: str) -> Engine:
                     progress=getattr(pipeline, "progress", None),
                     leaf_solver=problem.decide_leaves if problem.leaf_solver is not None else None)
     engine.stats.strategy = "input-split"
+    engine.side = getattr(pipeline, "sampler", None)
     return engine
 
 

@@ -78,7 +78,7 @@ class ClauseMilpSide:
             p = self.problem
             cex = p.replay(np.asarray(res.x, np.float64), p.indices[int(p.root_region[k])])
             if cex is not None:
-                return BabOutcome("sat", cex)
+                return BabOutcome("sat", cex, reason="whole-clause MILP")
         return None
 
     def _pick(self, store: DomainStore) -> int | None:

@@ -47,8 +47,9 @@ class FalsifyConfig:
     pgd_steps: int = opt(60, "PGD iterations per restart.")
     pgd_step_size: float = opt(0.1, "Initial PGD step as a fraction of each input's box width.")
     max_batch: int = opt(4096, "Largest batch evaluated at once during the attack.")
-    sample_seconds: float = opt(2.0, "Input-split BaB (low-dimensional inputs, where uniform samples can hit a small violating region that has no useful gradient): before the search, batches of uniform inputs for up to this many seconds, and at most sample_share of the time left; 0: off.")
+    sample_seconds: float = opt(2.0, "Input-split BaB (low-dimensional inputs, where uniform samples can hit a small violating region that has no useful gradient): batches of uniform inputs for up to this many seconds in all, and at most sample_share of the time left; 0: off.")
     sample_share: float = opt(0.02, "... see sample_seconds.")
+    sample_side_share: float = opt(0.1, "Of those uniform samples, 0.25 s come before the search; the rest run between its steps while they have taken at most this share of the search's time.")
     time_share: float = opt(0.2, "The attack phase stops (bounding starts) once it has used this share of the instance's time; BaB keeps attacking its open domains (1: no cap).")
 
 

@@ -108,3 +108,24 @@ def test_pipeline_samples_before_input_split(tmp_path) -> None:
     res = bab.verify(model, prop, cfg, timeout=60)
     assert res.status is Status.SAT and res.stats.proved_by == "input-split bab (uniform samples)"
     assert res.counterexample.y[0] >= 0.5
+
+
+def test_uniform_samples_also_run_between_input_split_steps(tmp_path, monkeypatch) -> None:
+    """Without samples before the search, the slices between its steps (the engine's side
+    hook, within ``falsify.sample_side_share``) still find the bump, and the hit is replayed."""
+    import bab
+    import bab.bab_method
+    from bab.config import Config
+    from bab.result import Status
+    from tests.builders import mlp_onnx, write_property
+
+    monkeypatch.setattr(bab.bab_method, "SAMPLE_FIRST", 0.0)
+    w1 = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    model = mlp_onnx(tmp_path / "bump.onnx", [w1, np.full((1, 4), -200.0), np.ones((1, 1))],
+                     [np.array([-0.3, 0.3, -0.6, 0.6]), np.ones(1), np.zeros(1)])
+    prop = write_property(tmp_path / "p.vnnlib", [0.0, 0.0], [1.0, 1.0], 1, "(assert (>= Y_0 0.5))")
+    cfg = Config(falsify=FalsifyConfig(random_samples=16, pgd_steps=0, sample_side_share=0.5))
+    res = bab.verify(model, prop, cfg, timeout=60)
+    assert res.status is Status.SAT and res.stats.proved_by == "input-split bab (uniform samples)"
+    assert res.counterexample.y[0] >= 0.5
+    assert res.stats.extra["bab"].domains_visited >= 1  # found after the roots were bounded
