@@ -22,9 +22,9 @@ from bab.fastpath.model import FcNet
 
 MIN_WIDTH = 1e-9  # boxes narrower than this in every input are not split (the torch path decides)
 MAX_OPEN = 1_000_000  # open-box cap (memory)
-MEMORY_FLOATS = 3e7
+MEMORY_FLOATS = 3e7  # float64 entries of one batch's largest coefficient tensor
 ASPECT = 64.0  # an input this many times wider (relative to the region) than the scored pick is split first
-STALL_AFTER, STALL_WINDOW = 2.0, 1.0  # seconds: after STALL_AFTER, each window must halve the open volume  # float64 entries of one batch's largest coefficient tensor
+STALL_AFTER, STALL_WINDOW = 2.0, 1.0  # seconds: after STALL_AFTER, each window must halve the open volume
 
 
 class Verdict(enum.Enum):
