@@ -5,8 +5,10 @@ beta-CROWN domains, while a MILP solver (presolve, cuts, its own branching) deci
 clause in seconds. :class:`ClauseMilpSide` is the engine's side hook: between BaB steps, while
 its slices have taken at most ``share`` of the search's time, it advances one clause's MILP
 (:class:`encoders.clause_search.ClauseSearch`, built over the region with the root's
-intermediate boxes). The clause it works on is the root of the worst open domain, and it stays
-with that clause until the solver decides it:
+intermediate boxes). Clauses take turns: the clause in progress keeps the solver until it has
+had ``STINT`` seconds more than the least-served open clause (clauses not started yet count as
+unserved, the one with the worst open domain first), so one clause that neither the solver nor
+BaB can decide does not hold up the others. When the solver answers for a clause:
 
 - ``infeasible``: the clause holds nowhere; its domains leave the store (all of them: a clause
   is one BaB root);
@@ -29,7 +31,8 @@ from bab.engine import BabOutcome
 from bab.store import DomainStore
 
 MIN_SLICE = 0.5  # seconds: shorter slices are not worth the solver's restart
-MAX_SLICE = 10.0  # seconds: BaB gets a turn at least this often
+MAX_SLICE = 4.0  # seconds: BaB gets a turn at least this often
+STINT = 4.0  # seconds of solver time a clause gets ahead of the least-served open clause
 
 
 class ClauseMilpSide:
@@ -42,6 +45,7 @@ class ClauseMilpSide:
         self.searches: dict[int, Any] = {}
         self.finished: set[int] = set()
         self.off = False
+        self.current = -1
         problem.stats.update(clause_milp_closed=0, clause_milp_started=0, clause_milp_time=0.0)
 
     def __call__(self, store: DomainStore) -> BabOutcome | None:
@@ -82,19 +86,24 @@ class ClauseMilpSide:
         return None
 
     def _pick(self, store: DomainStore) -> int | None:
-        """The clause searched now: the one in progress if still open, else the root of the
-        worst open domain among clauses not tried yet."""
+        """The clause searched now, in turns: the current one until it has had ``STINT`` more
+        solver time than the least-served open clause, then the least-served (clauses not
+        started yet first, the one with the worst open domain first among them)."""
         roots = store.batch["root"]
-        for k in list(self.searches):
-            if bool((roots == k).any()):
-                return k
-            del self.searches[k]  # BaB closed it first
+        worst = torch.full((int(roots.max()) + 1,), float("inf"), dtype=store.batch["priority"].dtype)
+        worst = worst.scatter_reduce(0, roots.long().cpu(), store.batch["priority"].cpu(), "amin")
+        open_ = [k for k in torch.isfinite(worst).nonzero().flatten().tolist() if k not in self.finished]
+        for k in [k for k in self.searches if k not in open_]:  # BaB closed it first
+            del self.searches[k]
             self.finished.add(k)
-        fresh = ~torch.isin(roots, torch.tensor(sorted(self.finished), dtype=roots.dtype, device=roots.device))
-        if not bool(fresh.any()):
+        if not open_:
             return None
-        prio = torch.where(fresh, store.batch["priority"], torch.full_like(store.batch["priority"], float("inf")))
-        return int(roots[int(torch.argmin(prio))])
+        served = {k: self.searches[k].seconds if k in self.searches else 0.0 for k in open_}
+        cur = self.current
+        if cur in served and served[cur] < min((v for k, v in served.items() if k != cur), default=np.inf) + STINT:
+            return cur
+        self.current = min(open_, key=lambda k: (served[k], float(worst[k])))
+        return self.current
 
     def _start(self, k: int) -> Any:
         """The MILP of clause ``k`` over its region, with the root's (widened) boxes."""

@@ -127,3 +127,27 @@ def test_resumed_slices_reach_the_one_shot_answer(tmp_path) -> None:
     if once.status == "optimal":
         assert res.value == pytest.approx(once.value, abs=1e-6)
     assert handle.seconds > 0
+
+
+def test_clauses_take_turns_at_the_solver() -> None:
+    """Hand-made store: clause 2 has the worst open domain, so it starts; it keeps the solver
+    until it is STINT seconds ahead of the least-served clause; clauses BaB closed drop out."""
+    import torch
+    from types import SimpleNamespace
+
+    from bab.clause_milp import STINT, ClauseMilpSide
+    from bab.store import DomainStore, TensorBatch
+
+    side = ClauseMilpSide(SimpleNamespace(stats={}), 0.5)
+    store = DomainStore()
+    store.push(TensorBatch({"root": torch.tensor([0, 0, 1, 2]), "priority": torch.tensor([-1.0, -3.0, -2.0, -5.0])}))
+    assert side._pick(store) == 2
+    side.searches = {2: SimpleNamespace(seconds=STINT - 0.1)}
+    assert side._pick(store) == 2  # not yet STINT ahead of clauses 0 and 1 (0 s each)
+    side.searches[2].seconds = STINT + 0.1
+    assert side._pick(store) == 0  # unserved, and its worst domain (-3) is worse than clause 1's
+    side.searches[0] = SimpleNamespace(seconds=STINT + 0.2)
+    assert side._pick(store) == 1
+    store.batch = store.batch.select(store.batch["root"] != 1)  # BaB closes clause 1
+    side.searches[1] = SimpleNamespace(seconds=1.0)
+    assert side._pick(store) in (0, 2) and 1 not in side.searches and 1 in side.finished
