@@ -105,7 +105,7 @@ class Worker:
         import sys
         from multiprocessing.connection import Connection
 
-        from bab.bench import _project_env
+        from bab.bench_process import project_env as _project_env
 
         to_child, child_in = os.pipe()[::-1]  # (write end, read end)
         child_out, from_child = os.pipe()[::-1]
@@ -154,7 +154,7 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the worker's process group (callable from any thread)."""
-        from bab.bench import kill_group
+        from bab.bench_process import kill_group
 
         kill_group(self.proc)
 
