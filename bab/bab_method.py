@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bab.engine import BabOutcome, BabStats, Engine, EngineOptions
+from bab.engine import BabOutcome, BabStats, Engine, EngineOptions, TimeShare
 from bab.methods import Outcome
 from bab.region_batch import group_regions
 from bab.result import Status
@@ -97,9 +97,8 @@ class UniformSampler:
         self.left = min(cfg.sample_seconds, cfg.sample_share * pipeline.deadline.remaining())
         if not cfg.enabled or not self.regions or not pipeline._can_replay():
             self.left = 0.0
-        self.share = cfg.sample_side_share
+        self.between = TimeShare(cfg.sample_side_share)
         self.falsifier = Falsifier(pipeline.network, cfg, pipeline.cfg.verify.seed + 1, pipeline.deadline.check)
-        self.t0, self.between = time.monotonic(), 0.0
 
     def sample(self, seconds: float) -> Any:
         """Sample for up to ``seconds`` (within the budget left): the replayed hit, or ``None``."""
@@ -118,17 +117,16 @@ class UniformSampler:
 
     def first(self) -> Any:
         """The samples before the search."""
-        self.t0 = time.monotonic()
+        self.between.restart()
         return self.sample(SAMPLE_FIRST)
 
     def __call__(self, store: Any) -> BabOutcome | None:
         """Between two steps: a slice while the share allows; ``sat`` on a replayed hit."""
-        allowed = self.share * (time.monotonic() - self.t0) - self.between
+        allowed = self.between.allowance()
         if self.left <= 0 or allowed < 0.02:
             return None
-        t0 = time.monotonic()
-        cex = self.sample(min(allowed, SAMPLE_SLICE))
-        self.between += time.monotonic() - t0
+        with self.between.charged():
+            cex = self.sample(min(allowed, SAMPLE_SLICE))
         if cex is not None:
             return BabOutcome("sat", cex, reason="uniform samples")
         return None

@@ -21,13 +21,12 @@ that cannot be searched in slices turns the side search off.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from bab.engine import BabOutcome
+from bab.engine import BabOutcome, TimeShare
 from bab.store import DomainStore
 
 MIN_SLICE = 0.5  # seconds: shorter slices are not worth the solver's restart
@@ -39,9 +38,7 @@ class ClauseMilpSide:
     """Advances whole-clause MILPs of a :class:`~bab.relu_split.ReluSplitProblem` in slices."""
 
     def __init__(self, problem: Any, share: float) -> None:
-        self.problem, self.share = problem, share
-        self.t0 = time.monotonic()
-        self.spent = 0.0
+        self.problem, self.time = problem, TimeShare(share)
         self.searches: dict[int, Any] = {}
         self.finished: set[int] = set()
         self.off = False
@@ -50,15 +47,14 @@ class ClauseMilpSide:
 
     def __call__(self, store: DomainStore) -> BabOutcome | None:
         """One slice when the share allows; ``sat`` with a replayed counterexample, or ``None``."""
-        budget = self.share * (time.monotonic() - self.t0) - self.spent
+        budget = self.time.allowance()
         if self.off or budget < MIN_SLICE or not len(store):
             return None
-        t0 = time.monotonic()
         try:
-            return self._slice(store, min(budget, MAX_SLICE, max(0.0, self.problem.remaining())))
+            with self.time.charged():
+                return self._slice(store, min(budget, MAX_SLICE, max(0.0, self.problem.remaining())))
         finally:
-            self.spent += time.monotonic() - t0
-            self.problem.stats["clause_milp_time"] = self.spent
+            self.problem.stats["clause_milp_time"] = self.time.spent
 
     def _slice(self, store: DomainStore, seconds: float) -> BabOutcome | None:
         k = self._pick(store)

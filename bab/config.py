@@ -160,7 +160,7 @@ class BetaConfig:
     milp_unstable: int = opt(3, "Domains with at most this many free unstable ReLUs (and at least one) are tried once by MILP before splitting on (0: only fully split domains go to the solver).")
     milp_time_limit: float = opt(2.0, "Seconds MILP may spend on one such partly split domain; undecided ones go back to splitting.")
     milp_share: float = opt(0.2, "Partly split domains go to MILP only while those tries have taken at most this share of the BaB run's time.")
-    clause_milp_share: float = opt(0.5, "ReLU networks: between BaB steps, a whole-clause MILP (the root's intermediate boxes; Gurobi only, since it resumes where a slice stopped) works on the clause of the worst open domain while its slices have taken at most this share of the search; a clause it proves leaves the search, a point it finds is replayed (0: off).")
+    clause_milp_share: float = opt(0.5, "ReLU networks: between BaB steps, a whole-clause MILP (the root's intermediate boxes; Gurobi only, since it resumes where a slice stopped) advances the clauses in turns (docs/relu_split.md) while its slices have taken at most this share of the search; a clause it proves leaves the search, a point it finds is replayed (0: off).")
     lp_share: float = opt(0.5, "Networks with nonlinearities other than ReLU (sigmoid, tanh, sin, ...): every domain is tried once by the LP over its relaxation (its split-narrowed boxes bound every neuron, not only the linear relaxation lines) while those tries have taken at most this share of the BaB run's time; a domain the LP does not refute is split as usual (0: off).")
 
 

@@ -8,7 +8,8 @@ owns the loop, the domain store, the deadline and the statistics; it never forks
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -71,6 +72,33 @@ class SplitProblem(Protocol):
     def leaves(self, batch: TensorBatch) -> tuple[TensorBatch, TensorBatch]:
         """Split ``batch`` into (branchable domains, leaves that cannot be split further)."""
         ...
+
+
+class TimeShare:
+    """The time a side search may take: ``share`` of the wall time since it started (or since
+    :meth:`restart`), less what its slices have spent (:meth:`charged`)."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self.t0 = time.monotonic()
+        self.spent = 0.0
+
+    def restart(self) -> None:
+        """Count the share from now."""
+        self.t0 = time.monotonic()
+
+    def allowance(self) -> float:
+        """Seconds a slice may take now (negative when the side search is ahead of its share)."""
+        return self.share * (time.monotonic() - self.t0) - self.spent
+
+    @contextmanager
+    def charged(self) -> Iterator[None]:
+        """Add the wall time of the enclosed slice to what was spent."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.spent += time.monotonic() - t0
 
 
 @dataclass

@@ -239,7 +239,7 @@ class Dispatcher:
                 self.last_backend = res.backend
                 return res
             except LicenceError as exc:
-                self._licence_failure(exc, model)
+                self.licence_failure(exc, model)
         res = self.ortools.solve(model, time_limit, tol)
         self.last_backend = res.backend
         return res
@@ -254,7 +254,7 @@ class Dispatcher:
                 self.last_backend = g.name
                 return res
             except LicenceError as exc:
-                self._licence_failure(exc, model)
+                self.licence_failure(exc, model)
         self.last_backend = self.ortools.name
         return self.ortools.solve_many(model, objs, consts, time_limit, tol)
 
@@ -267,14 +267,10 @@ class Dispatcher:
         try:
             return g.resumable(model, tol)
         except LicenceError as exc:
-            self._licence_failure(exc, model)
+            self.licence_failure(exc, model)
             return None
 
     def licence_failure(self, exc: LicenceError, model: LinearModel) -> None:
-        """Record a licence error met by a resumable solve (see :meth:`_licence_failure`)."""
-        self._licence_failure(exc, model)
-
-    def _licence_failure(self, exc: LicenceError, model: LinearModel) -> None:
         """Remember what failed (size limit or no licence) and warn once."""
         size = max(model.n_vars, model.n_rows)
         if exc.errno == 10010:

@@ -77,7 +77,6 @@ class RegionSearch:
         self.split = split
         self.boxes = 0
         self.closed_volume = 0.0  # share of the region's volume proven so far
-        self.on_step: Callable[["RegionSearch"], None] | None = None
 
     def closed(self, lo: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per box and clause: refuted? Plus the bound gaps [N, R] and input coefficients."""
@@ -167,8 +166,6 @@ class RegionSearch:
             clause_ok, gap, coef = self.closed(blo, bup)
             open_box = ~clause_ok.all(axis=1)
             self.closed_volume += float(np.prod((bup - blo)[~open_box] / width, axis=1).sum())
-            if self.on_step is not None:
-                self.on_step(self)
             if self._stalled():
                 return SearchResult(Verdict.UNDECIDED, boxes=self.boxes, reason="stalled (open volume not halving)")
             if not open_box.any():
