@@ -223,8 +223,8 @@ def _input_problem(pipeline: Any, region: Any, index: Any) -> Any:
     late = cfg.input_late_bounder if not cfg.bounder else ""
     problem.late_bounders = [get_bounder(late)] if late else []
     problem.late_after = cfg.input_late_after
-    problem.exact_depth = cfg.input_exact_depth
-    problem.exact_share = pipeline.cfg.beta.milp_share
+    problem.exact_unstable = cfg.input_exact_unstable
+    problem.exact_share = cfg.input_exact_share
     problem.exact_time_limit = pipeline.cfg.beta.milp_time_limit
     return problem
 

@@ -41,7 +41,7 @@ import torch
 
 from bab.store import TensorBatch
 
-VERSION = 1
+VERSION = 2  # 2: input-split boxes carry 'unstable' and 'tried'
 CLOCK_ATTRIBUTES = ("_t0",)
 _SCALARS = (bool, int, float, complex, str, bytes, torch.dtype, torch.device, np.generic)
 

@@ -25,17 +25,19 @@ import torch
 
 from bab.bounding import Bounder, Domains, check_input_set
 from bab.bounding.balls import misses_ball, project
+from bab.bounding.polyhedra.relax import UNARY
+from bab.input_leaves import MIN_WIDTH, NEVER, ExactLeaves, unstable_counts
 from bab.region_batch import ball_rows, stack_regions
 from bab.result import Counterexample
 from bab.store import TensorBatch
+from onnx_models import layers as L
 from onnx_models.network import Network
 from vnnlib.spec import Region
 
 HAIR = 1e-3  # rows refuted with less relative slack than this are re-bounded in float64
-MIN_WIDTH = 1e-9  # boxes narrower than this in every dimension cannot be split further
 
 
-class InputSplitProblem:
+class InputSplitProblem(ExactLeaves):
     """The SplitProblem for one region or a batch of regions (see :mod:`bab.engine`).
 
     ``region``/``region_index``: one :class:`Region` and its index in the property, or
@@ -63,15 +65,12 @@ class InputSplitProblem:
         self.root_width = (stack.upper - stack.lower).clamp(min=MIN_WIDTH)  # [Rg, n_in]
         self.ball = stack.ball  # {} for boxes (and ℓ∞ balls: boxes too)
         self.rowless = bool(stack.rowless.all())
-        self.leaf_solver: Any = None  # decides boxes too small to split (see decide_leaves)
-        self.leaf_time_limit = 10.0
         self.late_bounders: list[Bounder] = []  # join the cascade once late_after boxes were bounded
         self.late_after = 0
         self.bounded = 0
-        self.exact_depth = 0  # boxes this deep (0: none) try the leaf solver before splitting on
-        self.exact_every = 4  # ... and again every this many levels deeper
-        self.exact_share = 0.2  # at most this share of the run's time
-        self.exact_time_limit = 1.0  # seconds per clause of such a box
+        nodes = network.nodes  # ReLU inputs, counted per box for the exact solver (ReLU-only nets)
+        plain = not any(type(n.layer) in UNARY for n in nodes)
+        self.relu_inputs = [n.inputs[0] for n in nodes if plain and isinstance(n.layer, L.ReLU) and n.inputs[0] >= 0]
         self._exact_time, self._t0 = 0.0, time.monotonic()
         self.remaining: Any = lambda: float("inf")
         self.stats: dict[str, int] = {"bound_calls": 0, "regions": len(self.regions)}
@@ -109,6 +108,7 @@ class InputSplitProblem:
             "open": self.clause_ok.clone(),
             "depth": torch.zeros(n, dtype=torch.long, device=self.device),
             "region": torch.arange(n, dtype=torch.long, device=self.device),
+            "tried": torch.full((n,), NEVER, dtype=torch.long, device=self.device),
         })
 
     def rows_of(self, batch: TensorBatch) -> torch.Tensor:
@@ -120,15 +120,19 @@ class InputSplitProblem:
         return self.root_width[batch["region"]]
 
     def _row_bounds(self, bounder: Bounder, lower: torch.Tensor, upper: torch.Tensor,
-                    region: torch.Tensor) -> torch.Tensor:
+                    region: torch.Tensor, unstable: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Lower bounds of ``C y - d`` per row of each box's region, ``[N, M]`` (-inf on padded
-        rows; in chunks, checking the deadline)."""
+        rows; in chunks, checking the deadline). ``unstable``, when given, collects each box's
+        count of unstable ReLUs (:func:`~bab.input_leaves.unstable_counts`), chunk by chunk."""
         net, parts = self._net_for(lower.dtype), []
         for s in range(0, lower.shape[0], self.chunk):
             self.check_time()
             lo, hi, reg = lower[s:s + self.chunk], upper[s:s + self.chunk], region[s:s + self.chunk]
             dom = Domains(lo, hi, self.C[reg].to(lower.dtype), **self._ball_kw(reg, lo.dtype))
-            parts.append(bounder.bound(net, dom).lower.detach())
+            out = bounder.bound(net, dom)
+            parts.append(out.lower.detach())
+            if unstable is not None:
+                unstable.append(unstable_counts(out.intermediate, self.relu_inputs, lo.shape[0], self.device))
             self.stats["bound_calls"] += 1
         lb = torch.cat(parts) if parts else lower.new_zeros(0, self.C.shape[1])
         gap = lb - torch.where(self.valid, self.d, torch.zeros_like(self.d))[region].to(lb.dtype)
@@ -175,6 +179,7 @@ class InputSplitProblem:
             kept = batch.select(rowless)
             kept["priority"] = torch.full((len(kept),), -float("inf"), device=self.device)
             kept["hint"] = kept["priority"].clone()
+            kept["unstable"] = torch.full((len(kept),), NEVER, dtype=torch.long, device=self.device)
             return TensorBatch.cat([kept, self._bound_rows(batch.select(~rowless))])
         return self._bound_rows(batch)
 
@@ -187,7 +192,9 @@ class InputSplitProblem:
         for k, bounder in enumerate(self.bounders + late):
             if k:
                 batch = batch.select(batch["open"].any(1))
-            gap = self._row_bounds(bounder, batch["lower"], batch["upper"], batch["region"])
+            counts: list[torch.Tensor] = []
+            gap = self._row_bounds(bounder, batch["lower"], batch["upper"], batch["region"], counts)
+            batch["unstable"] = torch.cat(counts) if counts else batch["depth"].clone()
             refuted = self._refuted(gap, batch)
             clause_refuted = torch.einsum("nm,nmk->nk", refuted.float(), self.R[batch["region"]].float()) > 0
             batch["open"] = batch["open"] & ~clause_refuted
@@ -269,75 +276,6 @@ class InputSplitProblem:
                 return cex
         return None
 
-    def leaves(self, batch: TensorBatch) -> tuple[TensorBatch, TensorBatch]:
-        """Boxes narrower than MIN_WIDTH everywhere (they cannot be split further), plus, with a
-        leaf solver and within its time share, boxes at depth ``exact_depth``, then every
-        ``exact_every`` levels deeper: small boxes have few unstable ReLUs, so MILP is quick."""
-        leaf = ((batch["upper"] - batch["lower"]) <= MIN_WIDTH).all(1)
-        if self.leaf_solver is not None and self.exact_depth > 0 and self._exact_allowed():
-            extra = batch["depth"] - self.exact_depth
-            leaf = leaf | ((extra >= 0) & (extra % self.exact_every == 0))
-        return batch.select(~leaf), batch.select(leaf)
-
-    def _exact_allowed(self) -> bool:
-        return self._exact_time <= self.exact_share * (time.monotonic() - self._t0)
-
-    def decide_leaves(self, leaves: TensorBatch) -> tuple[Any, ...]:
-        """The Engine's leaf hook: each open clause of each box goes to the exact solver
-        (``self.leaf_solver``, an ``encoders.decide.LeafSolver``) with float64 CROWN boxes of
-        every node. Refuted clauses close; a box with none left is proven. A tiny box the solver
-        cannot settle makes the answer unknown; a larger one goes back to splitting."""
-        back = []
-        for i in range(len(leaves)):
-            tiny = bool(((leaves["upper"][i] - leaves["lower"][i]) <= MIN_WIDTH).all())
-            t0 = time.monotonic()
-            verdict, cex = self._decide_box(leaves, i, tiny)
-            if not tiny:
-                self._exact_time += time.monotonic() - t0
-            if verdict == "sat":
-                return "sat", cex  # the search ends: nothing goes back
-            if verdict == "open":
-                if tiny:
-                    return "unknown", None
-                back.append(i)
-        return "unsat", None, leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
-
-    def _decide_box(self, leaves: TensorBatch, i: int, tiny: bool) -> tuple[str, Counterexample | None]:
-        """``("closed"|"open"|"sat", cex)`` for box ``i``; refuted clauses leave its ``open`` mask."""
-        lo, hi = (leaves[k][i].double().cpu().numpy() for k in ("lower", "upper"))
-        r = int(leaves["region"][i])
-        region = self.regions[r]
-        boxes = self._boxes64(leaves["lower"][i], leaves["upper"][i], r)
-        limit = self.leaf_time_limit if tiny else self.exact_time_limit
-        still_open = False
-        for k in leaves["open"][i].nonzero().flatten().tolist():
-            self.check_time()
-            clause = region.clauses[k]
-            ball = {"ball": region.ball} if self.ball else {}
-            res = self.leaf_solver.decide(self.net, lo, hi, clause.C, clause.d, intermediate=boxes,
-                                          time_limit=max(0.05, min(limit, self.remaining())), **ball)
-            key = f"{res.kind or 'solver'}_leaves"
-            self.stats[key] = self.stats.get(key, 0) + 1
-            if res.status == "infeasible":
-                leaves["open"][i, k] = False
-                continue
-            if res.status == "feasible" and res.x is not None:
-                cex = self.replay(np.asarray(res.x, np.float64), self.indices[r])
-                if cex is not None:
-                    return "sat", cex
-            still_open = True
-        return ("open" if still_open else "closed"), None
-
-    def _boxes64(self, lower: torch.Tensor, upper: torch.Tensor, region: int) -> dict[int, Any]:
-        """Float64 bounds of every node's output on one box, widened by a hair (for the MILP)."""
-        lo, hi = lower.double()[None], upper.double()[None]
-        reg = torch.tensor([region], device=self.device)
-        C = self.C[reg].double()
-        dom = Domains(lo, hi, C, **self._ball_kw(reg, torch.float64))
-        out = self.exact.bound(self._net_for(torch.float64), dom).intermediate or {}
-        pad = lambda t: 1e-9 * (1.0 + t.abs())
-        return {j: ((a - pad(a))[0].cpu().numpy(), (b + pad(b))[0].cpu().numpy()) for j, (a, b) in out.items()}
-
     def split(self, batch: TensorBatch, brancher: Any) -> TensorBatch:
         """Halve every box along the dimension the brancher picks."""
         dim = brancher.choose(self, batch)
@@ -351,7 +289,7 @@ class InputSplitProblem:
         return TensorBatch({
             "lower": torch.cat([lo, right_lo]), "upper": torch.cat([left_hi, hi]),
             "open": batch["open"].repeat(2, 1), "depth": (batch["depth"] + 1).repeat(2),
-            "region": batch["region"].repeat(2),
+            "region": batch["region"].repeat(2), "tried": batch["tried"].repeat(2),
         })
 
     def open_rows(self, batch: TensorBatch) -> torch.Tensor:

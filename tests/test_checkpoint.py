@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from bab import config as C
-from bab.checkpoint import (Checkpointer, CheckpointError, capture_attributes, open_checkpoint,
+from bab.checkpoint import (VERSION, Checkpointer, CheckpointError, capture_attributes, open_checkpoint,
                             restore_attributes, verify_resumable)
 from bab.store import TensorBatch
 from tests.builders import ROOT, random_mlp, robustness_output, write_property
@@ -105,7 +105,7 @@ def test_fingerprint_mismatch_and_bad_files(tmp_path: Path) -> None:
     ck.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         open_checkpoint(ck, net, prop, cfg, resume=True)
-    state = {"version": 1, "fingerprint": open_checkpoint(ck, net, prop, cfg).fingerprint, "elapsed": 1.0,
+    state = {"version": VERSION, "fingerprint": open_checkpoint(ck, net, prop, cfg).fingerprint, "elapsed": 1.0,
              "done": {}}
     torch.save(state, ck)
     other = C.load(None, [*TINY_CFG, {"verify": {"seed": 5}}])
