@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -225,7 +226,9 @@ def _input_problem(pipeline: Any, region: Any, index: Any) -> Any:
     problem.late_after = cfg.input_late_after
     problem.exact_unstable = cfg.input_exact_unstable
     problem.exact_share = cfg.input_exact_share
-    problem.exact_time_limit = pipeline.cfg.beta.milp_time_limit
+    left = pipeline.deadline.remaining()  # without a deadline, the tries start with the late phase
+    problem.exact_after = cfg.input_exact_after * left if math.isfinite(left) else 0.0
+    problem.exact_time_limit = cfg.input_exact_time_limit
     return problem
 
 

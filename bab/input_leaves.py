@@ -5,13 +5,15 @@ no ReLU unstable, else MILP, with float64 CROWN boxes of every node):
 
 - boxes narrower than ``MIN_WIDTH`` in every input: they cannot be split, so the solver decides
   them (``leaf_time_limit`` each) or the answer is ``unknown``;
-- boxes whose bounding pass left at most ``exact_unstable`` ReLU neurons unstable. A MILP's cost
-  grows steeply with its binaries (ACAS Xu ``3_3 prop_2``, one thread: a median of 20 ms at 20-30
-  unstable ReLUs, 34 ms at 30-40, 230 ms at 40-60, over 2 s past 100), while the same box near a
-  tight margin can need thousands of split-and-bound passes. Only hard instances try (once
-  ``late_after`` boxes were bounded, when the late bounder joins too), within at most
-  ``exact_share`` of the run's time and ``exact_time_limit`` per clause; a box they do not settle
-  goes back to splitting, and its sub-boxes try again only once their count fell by a quarter.
+- boxes whose bounding pass left at most ``exact_unstable`` ReLU neurons unstable, on hard
+  instances only: still open after ``exact_after`` seconds, with ``late_after`` boxes bounded (when
+  the late bounder joins). A MILP's cost grows steeply with its binaries (ACAS Xu ``3_3 prop_2``,
+  one thread: a median of 20 ms at 20-30 unstable ReLUs, 34 ms at 30-40, 230 ms at 40-60, over
+  2 s past 100). Near a tight margin a box can need thousands of split-and-bound passes, but on
+  instances that splitting decides anyway it closes such boxes sooner (docs/input_split.md).
+  The tries take at most ``exact_share`` of the run's time and ``exact_time_limit`` per clause; a
+  box they do not settle goes back to splitting, and its sub-boxes try again only once their
+  count fell by a quarter.
 """
 
 from __future__ import annotations
@@ -52,13 +54,14 @@ class ExactLeaves:
     exact_unstable = 0  # boxes with at most this many unstable ReLUs try the solver first (0: none)
     exact_share = 0.2  # ... within this share of the run's time
     exact_time_limit = 1.0  # ... and seconds per clause
+    exact_after = 0.0  # ... and only after this many seconds of search
 
     def leaves(self, batch: TensorBatch) -> tuple[TensorBatch, TensorBatch]:
         """(boxes to split, boxes for the solver): the unsplittable ones, plus, within the time
         share and once the instance proved hard, those with few unstable ReLUs whose lineage has not
         tried at a count this high."""
         leaf = ((batch["upper"] - batch["lower"]) <= MIN_WIDTH).all(1)
-        hard = self.bounded >= self.late_after  # the signal that also brings in the late bounder
+        hard = self.bounded >= self.late_after and time.monotonic() - self._t0 >= self.exact_after
         if self.leaf_solver is not None and self.exact_unstable > 0 and hard and self._exact_allowed():
             u = batch["unstable"]
             leaf = leaf | ((u <= self.exact_unstable) & (4 * u <= 3 * batch["tried"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from bab.input_leaves import NEVER, ExactLeaves, unstable_counts
@@ -41,6 +43,10 @@ def test_only_hard_instances_send_boxes_with_few_unstable_relus() -> None:
     assert exact["unstable"].tolist() == [10, 40, 30, 0]
     assert split["unstable"].tolist() == [41, 31]
     split, exact = _Boxes(bounded=99).leaves(batch)  # not yet a hard instance
+    assert len(exact) == 0 and len(split) == 6
+    early = _Boxes(bounded=100)
+    early._t0, early.exact_after = time.monotonic(), 3600.0  # open for less than exact_after
+    split, exact = early.leaves(batch)
     assert len(exact) == 0 and len(split) == 6
 
 

@@ -164,7 +164,7 @@ def test_boxes_with_few_unstable_relus_try_the_exact_solver_first(tmp_path) -> N
         spec = Spec((Region(np.array(lo), np.array(hi), (Clause(np.array([row]), np.array([d])),)),), 2, 2)
         cfg = Config(verify=VerifyConfig(method="input-split"), falsify=FalsifyConfig(enabled=False),
                      bab=BabConfig(input_branching="widest", input_exact_unstable=16, input_exact_share=1.0,
-                                   input_late_after=0))
+                                   input_late_after=0, input_exact_after=0.0))
         res = bab.verify(path, spec, cfg, timeout=60)
         assert res.status is expect, (d, m, res.reason)
         stats = res.stats.extra["bab"]
