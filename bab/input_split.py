@@ -189,15 +189,19 @@ class InputSplitProblem(ExactLeaves):
             return batch
         late = self.late_bounders if self.bounded >= self.late_after else []
         self.bounded += len(batch)
-        for k, bounder in enumerate(self.bounders + late):
+        cascade = self.bounders + late
+        counted = self.leaf_solver is not None and self.exact_unstable > 0 and bool(self.relu_inputs)
+        for k, bounder in enumerate(cascade):
             if k:
                 batch = batch.select(batch["open"].any(1))
-            counts: list[torch.Tensor] = []
+            # every survivor is bounded by the last bounder: only its unstable counts are kept
+            counts: list[torch.Tensor] | None = [] if counted and k == len(cascade) - 1 else None
             gap = self._row_bounds(bounder, batch["lower"], batch["upper"], batch["region"], counts)
-            batch["unstable"] = torch.cat(counts) if counts else batch["depth"].clone()
             refuted = self._refuted(gap, batch)
             clause_refuted = torch.einsum("nm,nmk->nk", refuted.float(), self.R[batch["region"]].float()) > 0
             batch["open"] = batch["open"] & ~clause_refuted
+        batch["unstable"] = torch.cat(counts) if counts else torch.full((len(batch),), NEVER, dtype=torch.long,
+                                                                         device=self.device)
         batch["priority"] = self._open_clause_min(self._clause_gaps(gap, batch["region"]), batch["open"])
         batch = batch.select(batch["open"].any(1))
         with torch.no_grad():  # the store pops a share of boxes by how close their centre comes
