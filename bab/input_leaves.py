@@ -7,10 +7,11 @@ no ReLU unstable, else MILP, with float64 CROWN boxes of every node):
   them (``leaf_time_limit`` each) or the answer is ``unknown``;
 - boxes whose bounding pass left at most ``exact_unstable`` ReLU neurons unstable, on hard
   instances only: still open after ``exact_after`` seconds, with ``late_after`` boxes bounded (when
-  the late bounder joins). A MILP's cost grows steeply with its binaries (ACAS Xu ``3_3 prop_2``,
-  one thread: a median of 20 ms at 20-30 unstable ReLUs, 34 ms at 30-40, 230 ms at 40-60, over
-  2 s past 100). Near a tight margin a box can need thousands of split-and-bound passes, but on
-  instances that splitting decides anyway it closes such boxes sooner (docs/input_split.md).
+  the late bounder joins). A MILP's cost grows steeply with its binaries (on ACAS Xu
+  ``3_3 prop_2``, one thread: medians of 9-28 ms at 5-30 unstable ReLUs, 23-241 ms at 40-60, the
+  2 s limit past 100; docs/input_split.md). Near a tight margin a box can need thousands of
+  split-and-bound passes, but on instances that splitting decides anyway it closes such boxes
+  sooner.
   The tries take at most ``exact_share`` of the run's time and ``exact_time_limit`` per clause; a
   box they do not settle goes back to splitting, and its sub-boxes try again only once their
   count fell by a quarter.
