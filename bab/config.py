@@ -164,6 +164,9 @@ class BetaConfig:
     milp_time_limit: float = opt(2.0, "Seconds MILP may spend on one such partly split domain; undecided ones go back to splitting.")
     milp_share: float = opt(0.2, "Partly split domains go to MILP only while those tries have taken at most this share of the BaB run's time.")
     clause_milp_share: float = opt(0.5, "ReLU networks: between BaB steps, a whole-clause MILP (the root's intermediate boxes; Gurobi only, since it resumes where a slice stopped) advances the clauses in turns (docs/relu_split.md) while its slices have taken at most this share of the search; a clause it proves leaves the search, a point it finds is replayed (0: off).")
+    refine_after: float = opt(0.2, "ReLU networks, one region, with a deadline: a search still open after this share of the time left when it began stops, the unstable ReLU inputs of the root are tightened by MILP layer by layer (Gurobi's proven bounds; encoders/refine.py), and the search restarts from roots bounded with those intervals (docs/relu_split.md).")
+    refine_share: float = opt(0.5, "... the MILP refinement takes at most this share of the time then left (0: no refinement, no restart).")
+    refine_neuron_time: float = opt(1.0, "... and at most this many seconds per bound (a neuron's lower or upper bound).")
     lp_share: float = opt(0.5, "Networks with nonlinearities other than ReLU (sigmoid, tanh, sin, ...): every domain is tried once by the LP over its relaxation (its split-narrowed boxes bound every neuron, not only the linear relaxation lines) while those tries have taken at most this share of the BaB run's time; a domain the LP does not refute is split as usual (0: off).")
 
 

@@ -126,6 +126,29 @@ def run_relu_split(pipeline: Any, region: Any, index: Any) -> tuple[BabOutcome, 
                 return BabOutcome("sat", cex), BabStats(strategy="relu-split")
             reason = "a clause without rows holds everywhere"
             return BabOutcome("unknown", reason=reason), BabStats(strategy="relu-split")
+    refine = refine_plan(pipeline, regions)
+    if refine is None:
+        return _search(pipeline, regions, indices, pipeline.deadline.check)
+    phase, held = PhaseClock(pipeline.deadline.check, time.monotonic() + refine.after), {}
+    phase.may_stop = lambda: refine.worth_it(pipeline, regions[0], held)
+    try:
+        return _search(pipeline, regions, indices, phase.check, held=held)
+    except PhaseOver:
+        pass
+    first = pipeline.stats.extra["bab"]
+    boxes = getattr(held.get("problem"), "root_intermediate", None)
+    floor, report = refine.run(pipeline, regions[0], boxes) if boxes else (None, None)
+    outcome, stats = _search(pipeline, regions, indices, pipeline.deadline.check, floor)
+    stats.extra.update(milp_refine=None if report is None else vars(report),
+                       first_search={"seconds": round(refine.after, 3), "domains_visited": first.domains_visited})
+    return outcome, stats
+
+
+def _search(pipeline: Any, regions: list, indices: list, check: Callable[[], None],
+            floor: dict | None = None, held: dict | None = None) -> tuple[BabOutcome, BabStats]:
+    """One ReLU-split search (``check`` raises to stop it); ``floor``: sound root intervals per
+    node (MILP-refined) that the root pass intersects its boxes with; ``held`` receives the
+    ``problem`` and ``engine`` (the restart decision reads them)."""
     from bab.relu_split import ReluSplitProblem
     from heuristics.relu import get_relu_brancher
 
@@ -136,33 +159,39 @@ def run_relu_split(pipeline: Any, region: Any, index: Any) -> tuple[BabOutcome, 
         net = copy.deepcopy(net).to(dtype)
     leaf = make_leaf_solver(cfg)
     bounder = make_bounder(cfg)
-    bounder.deadline = pipeline.deadline.check
+    bounder.deadline = check
     problem = ReluSplitProblem(net, regions, indices, bounder, pipeline.replay,
-                               problem_options(cfg, pipeline.deadline.remaining()), pipeline.deadline.check, leaf)
+                               problem_options(cfg, pipeline.deadline.remaining()), check, leaf)
     problem.remaining = pipeline.deadline.remaining
+    problem.floor = floor
+    if held is not None:
+        held["problem"] = problem
     ckpt = getattr(pipeline, "checkpoint", None)  # resumable runs: restores the roots, store and stats
     if ckpt is not None:
         ckpt.attach_problem(problem)
     name = _opt(cfg.bab, "relu_branching", "fsb")
     brancher = get_relu_brancher(name, k=_opt(cfg.bab, "fsb_candidates", 3)) if name == "fsb" else get_relu_brancher(name)
     t0 = time.monotonic()
-    roots = problem.roots()
-    batch, max_domains = sizes(problem, roots, cfg)
-    options = EngineOptions(batch_size=batch, order=cfg.bab.order, max_domains=max_domains)
-    engine = Engine(problem, brancher, options, pipeline.deadline.check,
-                    progress=progress_logger(problem, t0, also=getattr(pipeline, "progress", None)),
-                    leaf_solver=problem.decide_leaves if leaf is not None else None)
-    engine.stats.strategy = "relu-split"
-    engine.stats.extra.update(branching=name, batch_size=batch, max_domains=max_domains,
-                              root_time=time.monotonic() - t0)
-    share = float(_opt(getattr(cfg, "beta", None), "clause_milp_share", 0.0))
-    if leaf is not None and share > 0 and not problem.shaped:
-        from bab.clause_milp import ClauseMilpSide
-
-        engine.side = ClauseMilpSide(problem, share)
-    if ckpt is not None:
-        ckpt.attach_engine("relu-split", engine)
+    engine = Engine(problem, brancher, EngineOptions(), check)
     try:
+        roots = problem.roots()
+        batch, max_domains = sizes(problem, roots, cfg)
+        options = EngineOptions(batch_size=batch, order=cfg.bab.order, max_domains=max_domains)
+        engine = Engine(problem, brancher, options, check,
+                        progress=progress_logger(problem, t0, also=getattr(pipeline, "progress", None)),
+                        leaf_solver=problem.decide_leaves if leaf is not None else None)
+        engine.stats.strategy = "relu-split"
+        engine.stats.extra.update(branching=name, batch_size=batch, max_domains=max_domains,
+                                  root_time=time.monotonic() - t0)
+        share = float(_opt(getattr(cfg, "beta", None), "clause_milp_share", 0.0))
+        if leaf is not None and share > 0 and not problem.shaped:
+            from bab.clause_milp import ClauseMilpSide
+
+            engine.side = ClauseMilpSide(problem, share)
+        if held is not None:
+            held["engine"] = engine
+        if ckpt is not None:
+            ckpt.attach_engine("relu-split", engine)
         outcome = engine.run()
         if outcome.verdict == "unknown" and outcome.reason:
             engine.stats.extra["stop_reason"] = outcome.reason
@@ -170,3 +199,83 @@ def run_relu_split(pipeline: Any, region: Any, index: Any) -> tuple[BabOutcome, 
     finally:
         engine.stats.extra.update(problem.stats, global_lower_bound=problem.global_lb)
         pipeline.stats.extra["bab"] = engine.stats
+
+
+class PhaseOver(Exception):
+    """Raised by :class:`PhaseClock` once the first search's share of the time is spent."""
+
+
+class PhaseClock:
+    """A deadline check that also raises :class:`PhaseOver` at ``end`` (``time.monotonic``)."""
+
+    def __init__(self, check: Callable[[], None], end: float) -> None:
+        self.inner, self.end = check, end
+        self.may_stop: Callable[[], bool] = lambda: True
+
+    def check(self) -> None:
+        """The pipeline's check, then the phase's (only while ``may_stop()``)."""
+        self.inner()
+        if time.monotonic() >= self.end and self.may_stop():
+            raise PhaseOver
+
+
+class RootRefine:
+    """MILP refinement of the root's intermediate boxes between two searches
+    (``beta.refine_*``, :mod:`encoders.refine`): the first search runs ``after`` seconds."""
+
+    def __init__(self, after: float, share: float, per_neuron: float) -> None:
+        self.after, self.share, self.per_neuron = after, share, per_neuron
+        self._viable: bool | None = None
+
+    def worth_it(self, pipeline: Any, region: Any, held: dict) -> bool:
+        """Whether to stop the first search: its roots are bounded, no whole-clause MILP side
+        search is running (a restart would discard its solver state), and the refinement can
+        tighten something (:func:`~encoders.refine.refinable`, decided once)."""
+        boxes = getattr(held.get("problem"), "root_intermediate", None)
+        side = getattr(held.get("engine"), "side", None)
+        if not boxes or (side is not None and not side.off):
+            return False
+        if self._viable is None:
+            from encoders.decide import dispatcher_for
+            from encoders.refine import refinable
+
+            cfg = pipeline.cfg.solver
+            first = {k: (lo[0], hi[0]) for k, (lo, hi) in boxes.items()}
+            self._viable = refinable(pipeline.network, np.asarray(region.lower), np.asarray(region.upper),
+                                     first, cfg, dispatcher_for(cfg))
+        return self._viable
+
+    def run(self, pipeline: Any, region: Any, boxes: dict[int, Any]) -> tuple[dict | None, Any]:
+        """``(floor, report)``: the refined root intervals (``[1, *shape]`` tensors) and the
+        :class:`~encoders.refine.RefineReport`; ``floor`` is ``None`` when nothing changed."""
+        from encoders.decide import dispatcher_for
+        from encoders.refine import milp_refine
+
+        cfg = pipeline.cfg.solver
+        first = {k: (lo[0], hi[0]) for k, (lo, hi) in boxes.items()}
+        bounds, report = milp_refine(pipeline.network, np.asarray(region.lower), np.asarray(region.upper), first,
+                                     cfg, dispatcher_for(cfg), per_neuron=self.per_neuron,
+                                     time_limit=self.share * pipeline.deadline.remaining(),
+                                     check=pipeline.deadline.check)
+        if report.layers == 0:
+            return None, report
+        floor = {k: (torch.as_tensor(lo).reshape(boxes[k][0].shape), torch.as_tensor(hi).reshape(boxes[k][1].shape))
+                 for k, (lo, hi) in bounds.items()}
+        return floor, report
+
+
+def refine_plan(pipeline: Any, regions: list) -> RootRefine | None:
+    """The root refinement for this run, or ``None``: only for one region of a ReLU-only
+    network (no other elementwise nonlinearity), with a deadline, a solver section, no
+    checkpoint, and ``beta.refine_share > 0``."""
+    from bab.bounding.polyhedra.relax import UNARY
+
+    beta, cfg = getattr(pipeline.cfg, "beta", None), pipeline.cfg
+    share = float(_opt(beta, "refine_share", 0.0))
+    left = pipeline.deadline.remaining()
+    if (share <= 0 or len(regions) != 1 or not math.isfinite(left) or getattr(cfg, "solver", None) is None
+            or getattr(pipeline, "checkpoint", None) is not None
+            or any(type(n.layer) in UNARY for n in pipeline.network.nodes)):
+        return None
+    return RootRefine(float(_opt(beta, "refine_after", 0.2)) * left, share,
+                      float(_opt(beta, "refine_neuron_time", 1.0)))

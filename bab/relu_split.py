@@ -123,6 +123,8 @@ class ReluSplitProblem(LeafDecisions):
         self.branchable: list[int] = []  # ReLUs with an unstable neuron at the root (phases)
         self.shaped: list[int] = []  # other elementwise nonlinearities to split (interval clips)
         self.stored: list[int] = []
+        self.floor: dict[int, Any] | None = None  # sound root intervals to intersect with (MILP-refined)
+        self.root_intermediate: dict[int, Any] = {}  # the root pass's boxes, [Rg, *shape]
 
     def _clause_tensors(self, kw: dict) -> None:
         """Per clause of every region: rows ``C`` ``[K, M, n_out]`` and ``d`` ``[K, M]`` padded
@@ -148,7 +150,7 @@ class ReluSplitProblem(LeafDecisions):
         return self._roots
 
     def _make_roots(self) -> TensorBatch:
-        from bab.bounding.polyhedra.alpha import AlphaCrown
+        from bab.bounding.polyhedra.alpha import AlphaCrown, AlphaState
 
         K, M = self.d.shape
         owner = self.valid.nonzero()  # (clause, row) of every stacked row, in order
@@ -162,10 +164,11 @@ class ReluSplitProblem(LeafDecisions):
         alpha = AlphaCrown(iterations=self.opts.root_iterations, optimize_intermediate=opt_int, upper=False,
                            time_limit=self.opts.root_time_limit,
                            intermediate_share=self.opts.root_intermediate_share)
-        res = alpha.bound(self.net, dom)
+        res = alpha.bound(self.net, dom, AlphaState(floor=self.floor) if self.floor else None)
         self.stats["root_optimized_intermediate"] = alpha.last_optimized_intermediate
         self.check_time()
         boxes = res.intermediate or {}
+        self.root_intermediate = boxes
         self.branchable = [r for r in self.relus if bool(_unstable(*boxes[self.pre[r]]).any())]
         self.shaped = [r for r in self.nonrelu if bool(_wide(*boxes[self.pre[r]]).any())]
         self.stored = sorted({self.pre[r] for r in self.branchable + self.shaped} | set(self.plan.crown_nodes))

@@ -258,6 +258,22 @@ class Dispatcher:
         self.last_backend = self.ortools.name
         return self.ortools.solve_many(model, objs, consts, time_limit, tol)
 
+    def dual_bounds(self, model: LinearModel, objs: Any, consts: np.ndarray, per_row: float,
+                    end: float, tol: float, stop: np.ndarray | None = None,
+                    skip: Callable[[int, np.ndarray], bool] | None = None) -> np.ndarray | None:
+        """Proven lower bounds of each row's minimum
+        (:meth:`~encoders.gurobi_backend.GurobiBackend.dual_bounds`), or ``None`` when Gurobi is
+        not configured, not usable, or the model exceeds its licence (OR-Tools reports no
+        bound of a stopped MILP through this interface)."""
+        g = self.gurobi()
+        if g is None or not self.fits(model):
+            return None
+        try:
+            return g.dual_bounds(model, objs, consts, per_row, end, tol, stop, skip)
+        except LicenceError as exc:
+            self.licence_failure(exc, model)
+            return None
+
     def resumable(self, model: LinearModel, tol: float) -> Any:
         """A Gurobi solve to run in slices (``advance(seconds)``), or ``None`` when Gurobi is not
         configured, not usable, or the model exceeds its licence (OR-Tools cannot resume)."""

@@ -9,6 +9,7 @@ environment with ``OutputFlag=0``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gurobipy as gp
@@ -110,6 +111,45 @@ class GurobiBackend:
                 raise LicenceError(errno, getattr(exc, "message", str(exc))) from None
             msg = f"Gurobi error {errno}: {exc}"
             return [SolveResult("error", backend=self.name, message=msg) for _ in range(objs.shape[0])]
+
+    def dual_bounds(self, model: LinearModel, objs: Any, consts: np.ndarray, per_row: float,
+                    end: float, tol: float, stop: np.ndarray | None = None,
+                    skip: Callable[[int, np.ndarray], bool] | None = None) -> np.ndarray:
+        """Gurobi's proven lower bound (``ObjBound``) of the minimum of each row of ``objs``
+        plus ``consts`` (MILP: valid even when stopped early), one model and at most
+        ``per_row`` seconds per row, until the monotonic clock reaches ``end``; ``-inf`` where
+        nothing was proven, ``+inf`` where the model is infeasible. ``stop[k]``: row ``k`` may
+        stop once its bound reaches this value (``BestBdStop``); ``skip(k, bounds so far)``:
+        leave row ``k`` out."""
+        out = np.full(objs.shape[0], -np.inf)
+        try:
+            m, x = self.build(model, per_row, tol)
+            m.Params.Cuts = 0  # bounds only: cuts and primal heuristics cost more than they prove
+            m.Params.Heuristics = 0  # (eran mnist_relu_9_200, 10 layer-2 bounds: 10.1 s -> 6.5 s, tighter)
+            G = gp.GRB
+            for k in range(objs.shape[0]):
+                left = end - time.monotonic()
+                if left <= 0.01:
+                    break
+                if skip is not None and skip(k, out):
+                    continue
+                row = objs.getrow(k)
+                obj = np.zeros(model.n_vars)
+                obj[row.indices] = row.data
+                m.setObjective(obj @ x + float(consts[k]), G.MINIMIZE)
+                m.Params.TimeLimit = max(0.01, min(per_row, left))
+                m.Params.BestBdStop = G.INFINITY if stop is None else float(stop[k])
+                self._optimize(m)
+                if m.Status in (G.INFEASIBLE, G.INF_OR_UNBD):
+                    out[k] = np.inf
+                elif m.Status in (G.OPTIMAL, G.TIME_LIMIT, G.USER_OBJ_LIMIT, G.INTERRUPTED, G.SUBOPTIMAL):
+                    b = float(m.ObjBound)
+                    out[k] = b if np.isfinite(b) else -np.inf
+        except gp.GurobiError as exc:
+            errno = getattr(exc, "errno", 0)
+            if errno in LICENCE_ERRORS:
+                raise LicenceError(errno, getattr(exc, "message", str(exc))) from None
+        return out
 
     def resumable(self, model: LinearModel, tol: float) -> "ResumableSolve":
         """A solve that :meth:`ResumableSolve.advance` runs in slices (Gurobi resumes its

@@ -43,15 +43,19 @@ class AlphaState:
     index; ``sels[node]``: the intermediate neurons those rows refer to. ``select(index)``
     picks (and repeats) domains, e.g. ``state.select(torch.tensor([0, 0, 1, 1]))`` for the
     two children of each of two parents. Entries whose shape does not match the new batch
-    are ignored (those slopes restart from CROWN's).
+    are ignored (those slopes restart from CROWN's). ``floor``: sound intervals (for example
+    MILP-refined ones, :mod:`encoders.refine`) that every pass intersects its boxes with.
     """
 
     alphas: dict[Any, torch.Tensor] = field(default_factory=dict)
     sels: dict[int, torch.Tensor] = field(default_factory=dict)
+    floor: dict[int, Any] | None = None  # {node: (lo, hi)} known sound intervals, [N, *shape]
 
     def select(self, index: torch.Tensor) -> "AlphaState":
         """The state of domains ``index`` (rows of the batch, repeats allowed)."""
-        return AlphaState({k: v[index.to(v.device)] for k, v in self.alphas.items()}, dict(self.sels))
+        floor = None if self.floor is None else {
+            k: (lo[index.to(lo.device)], hi[index.to(hi.device)]) for k, (lo, hi) in self.floor.items()}
+        return AlphaState({k: v[index.to(v.device)] for k, v in self.alphas.items()}, dict(self.sels), floor)
 
 
 class AlphaCrown(Crown):
@@ -111,7 +115,7 @@ class AlphaCrown(Crown):
         with exact_matmul(dom.lower.device):
             with torch.no_grad():
                 t0 = time.monotonic()
-                base = self.sweep(net, dom)
+                base = self.sweep(net, dom, state.floor if isinstance(state, AlphaState) else None)
                 self.last_optimized_intermediate = self.affordable(time.monotonic() - t0)
                 C2 = torch.cat([dom.C, -dom.C], 1) if self.opts.upper else dom.C
                 out = base.final(C2)

@@ -394,9 +394,16 @@ class Crown:
         for node in network.nodes:
             self.rules.rule(node.layer)
 
-    def sweep(self, network: Network, domains: Domains) -> Sweep:
-        """Run the forward sweep (intermediate bounds) on prepared inputs."""
-        return Sweep(network, plan_for(network), domains, self.rules, self.policy, self.opts).run()
+    def sweep(self, network: Network, domains: Domains, floor: dict[int, Interval] | None = None) -> Sweep:
+        """Run the forward sweep (intermediate bounds) on prepared inputs; ``floor``: known
+        sound intervals ``{node: (lo, hi)}`` (``[N, *shape]``) every box is intersected with."""
+        lst = None
+        if floor:
+            ref = domains.lower
+            inf = torch.tensor(float("inf"), dtype=ref.dtype, device=ref.device)
+            lst = [(floor[i][0].to(ref), floor[i][1].to(ref)) if i in floor else (-inf, inf)
+                   for i in range(len(network.nodes))]
+        return Sweep(network, plan_for(network), domains, self.rules, self.policy, self.opts, floor=lst).run()
 
     def bound(self, network: Network, domains: Domains, state: Any = None) -> Bounds:
         """Lower (and upper) bounds of ``C f(x)`` over each domain, plus every node's interval."""
