@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import bab.relu_bab
+import bab.root_refine
 import onnx_models
 from bab.bounding.base import Domains
 from bab.bounding.polyhedra.alpha import AlphaCrown, AlphaState
@@ -133,7 +134,7 @@ def test_restart_with_refined_roots_keeps_the_verdict(tmp_path, monkeypatch, see
     def cut_first(self):
         calls["n"] += 1
         if calls["n"] == 1:
-            raise bab.relu_bab.PhaseOver
+            raise bab.root_refine.PhaseOver
         return run(self)
 
     monkeypatch.setattr(bab.relu_bab.Engine, "run", cut_first)
@@ -158,8 +159,20 @@ def test_no_restart_without_a_deadline_or_for_several_regions(tmp_path) -> None:
     def pipe(seconds: float, share: float) -> SimpleNamespace:
         return SimpleNamespace(cfg=_cfg(share), deadline=Deadline(seconds), network=net, checkpoint=None)
 
-    assert bab.relu_bab.refine_plan(pipe(float("inf"), 0.5), [region]) is None
-    assert bab.relu_bab.refine_plan(pipe(60.0, 0.5), [region, region]) is None
-    assert bab.relu_bab.refine_plan(pipe(60.0, 0.0), [region]) is None
-    plan = bab.relu_bab.refine_plan(pipe(60.0, 0.5), [region])
+    assert bab.root_refine.refine_plan(pipe(float("inf"), 0.5), [region]) is None
+    assert bab.root_refine.refine_plan(pipe(60.0, 0.5), [region, region]) is None
+    assert bab.root_refine.refine_plan(pipe(60.0, 0.0), [region]) is None
+    plan = bab.root_refine.refine_plan(pipe(60.0, 0.5), [region])
     assert plan is not None and 0 < plan.after <= 0.2 * 60.0
+
+
+def test_floors_are_rounded_outward_when_cast_to_float32() -> None:
+    """A float64 bound cast to float32 never moves inside the interval."""
+    from bab.root_refine import _outward
+
+    vals = np.array([0.1, -0.3, 1 / 3, -2 / 3, 1e-9, 5.0])
+    like = torch.zeros(1, 6, dtype=torch.float32)
+    lo, hi = _outward(vals, like, -1), _outward(vals, like, 1)
+    assert lo.shape == hi.shape == like.shape and lo.dtype == torch.float32
+    assert np.all(lo.double().numpy().reshape(-1) <= vals) and np.all(hi.double().numpy().reshape(-1) >= vals)
+    assert torch.equal(lo[0, 5], torch.tensor(5.0)) and torch.equal(hi[0, 5], torch.tensor(5.0))
