@@ -148,8 +148,8 @@ def run_relu_split(pipeline: Any, region: Any, index: Any) -> tuple[BabOutcome, 
 def _search(pipeline: Any, regions: list, indices: list, check: Callable[[], None],
             floor: dict | None = None, held: dict | None = None) -> tuple[BabOutcome, BabStats]:
     """One ReLU-split search (``check`` raises to stop it); ``floor``: sound root intervals per
-    node (MILP-refined) that the root pass intersects its boxes with; ``held`` receives the
-    ``problem`` and ``engine`` (the restart decision reads them)."""
+    node (MILP-refined) that the root pass intersects its boxes with; ``held["problem"]``
+    receives the problem (its root boxes feed the restart decision and the refinement)."""
     from bab.relu_split import ReluSplitProblem
     from heuristics.relu import get_relu_brancher
 
@@ -189,8 +189,6 @@ def _search(pipeline: Any, regions: list, indices: list, check: Callable[[], Non
             from bab.clause_milp import ClauseMilpSide
 
             engine.side = ClauseMilpSide(problem, share)
-        if held is not None:
-            held["engine"] = engine
         if ckpt is not None:
             ckpt.attach_engine("relu-split", engine)
         outcome = engine.run()
