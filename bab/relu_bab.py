@@ -139,17 +139,18 @@ def run_relu_split(pipeline: Any, region: Any, index: Any) -> tuple[BabOutcome, 
     first = pipeline.stats.extra["bab"]
     boxes = getattr(held.get("problem"), "root_intermediate", None)
     floor, report = refine.run(pipeline, regions[0], boxes) if boxes else (None, None)
-    outcome, stats = _search(pipeline, regions, indices, pipeline.deadline.check, floor)
-    stats.extra.update(milp_refine=None if report is None else vars(report),
-                       first_search={"seconds": round(refine.after, 3), "domains_visited": first.domains_visited})
-    return outcome, stats
+    facts = {"milp_refine": None if report is None else vars(report),
+             "first_search": {"seconds": round(refine.after, 3), "domains_visited": first.domains_visited}}
+    return _search(pipeline, regions, indices, pipeline.deadline.check, floor, facts=facts)
 
 
 def _search(pipeline: Any, regions: list, indices: list, check: Callable[[], None],
-            floor: dict | None = None, held: dict | None = None) -> tuple[BabOutcome, BabStats]:
+            floor: dict | None = None, held: dict | None = None,
+            facts: dict | None = None) -> tuple[BabOutcome, BabStats]:
     """One ReLU-split search (``check`` raises to stop it); ``floor``: sound root intervals per
     node (MILP-refined) that the root pass intersects its boxes with; ``held["problem"]``
-    receives the problem (its root boxes feed the restart decision and the refinement)."""
+    receives the problem (its root boxes feed the restart decision and the refinement);
+    ``facts`` join the statistics however the search ends (a timeout included)."""
     from bab.relu_split import ReluSplitProblem
     from heuristics.relu import get_relu_brancher
 
@@ -196,5 +197,5 @@ def _search(pipeline: Any, regions: list, indices: list, check: Callable[[], Non
             engine.stats.extra["stop_reason"] = outcome.reason
         return outcome, engine.stats
     finally:
-        engine.stats.extra.update(problem.stats, global_lower_bound=problem.global_lb)
+        engine.stats.extra.update(problem.stats, global_lower_bound=problem.global_lb, **(facts or {}))
         pipeline.stats.extra["bab"] = engine.stats
