@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from bab.engine import BabOutcome, BabStats, Engine, EngineOptions
-from bab.root_refine import PhaseClock, PhaseOver, refine_plan
 
 log = logging.getLogger("bab.relu_split")
 ROOT_SHARE = 0.25  # of the remaining time, at most, for the root's slope optimisation
@@ -127,6 +126,8 @@ def run_relu_split(pipeline: Any, region: Any, index: Any) -> tuple[BabOutcome, 
                 return BabOutcome("sat", cex), BabStats(strategy="relu-split")
             reason = "a clause without rows holds everywhere"
             return BabOutcome("unknown", reason=reason), BabStats(strategy="relu-split")
+    from bab.root_refine import PhaseClock, PhaseOver, refine_plan
+
     refine = refine_plan(pipeline, regions)
     if refine is None:
         return _search(pipeline, regions, indices, pipeline.deadline.check)

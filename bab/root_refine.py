@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def _opt(section: Any, name: str, default: Any) -> Any:
-    return getattr(section, name, default) if section is not None else default
+from bab.relu_bab import _opt
 
 
 class PhaseOver(Exception):
@@ -59,9 +57,8 @@ class RootRefine:
             from encoders.refine import refinable
 
             cfg = pipeline.cfg.solver
-            first = {k: (lo[0], hi[0]) for k, (lo, hi) in boxes.items()}
             self._viable = refinable(pipeline.network, np.asarray(region.lower), np.asarray(region.upper),
-                                     first, cfg, dispatcher_for(cfg))
+                                     _first(boxes), cfg, dispatcher_for(cfg))
         return self._viable
 
     def run(self, pipeline: Any, region: Any, boxes: dict[int, Any]) -> tuple[dict | None, Any]:
@@ -71,8 +68,7 @@ class RootRefine:
         from encoders.refine import milp_refine
 
         cfg = pipeline.cfg.solver
-        first = {k: (lo[0], hi[0]) for k, (lo, hi) in boxes.items()}
-        bounds, report = milp_refine(pipeline.network, np.asarray(region.lower), np.asarray(region.upper), first,
+        bounds, report = milp_refine(pipeline.network, np.asarray(region.lower), np.asarray(region.upper), _first(boxes),
                                      cfg, dispatcher_for(cfg), per_neuron=self.per_neuron,
                                      time_limit=self.share * pipeline.deadline.remaining(),
                                      check=pipeline.deadline.check)
@@ -80,6 +76,11 @@ class RootRefine:
             return None, report
         floor = {k: (_outward(lo, boxes[k][0], -1), _outward(hi, boxes[k][1], 1)) for k, (lo, hi) in bounds.items()}
         return floor, report
+
+
+def _first(boxes: dict[int, Any]) -> dict[int, Any]:
+    """The root boxes of the (only) region: batch row 0 of every node."""
+    return {k: (lo[0], hi[0]) for k, (lo, hi) in boxes.items()}
 
 
 def _outward(values: np.ndarray, like: torch.Tensor, direction: int) -> torch.Tensor:

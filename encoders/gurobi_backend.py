@@ -97,9 +97,7 @@ class GurobiBackend:
             m, x = self.build(model, time_limit, tol)
 
             def solve_one(row: Any, const: float, left: float) -> SolveResult:
-                obj = np.zeros(model.n_vars)
-                obj[row.indices] = row.data
-                m.setObjective(obj @ x + const, gp.GRB.MINIMIZE)
+                _set_objective(m, x, model, row, const)
                 m.Params.TimeLimit = max(0.01, left)
                 self._optimize(m)
                 return self._result(m, x, model)
@@ -133,10 +131,7 @@ class GurobiBackend:
                     break
                 if skip is not None and skip(k, out):
                     continue
-                row = objs.getrow(k)
-                obj = np.zeros(model.n_vars)
-                obj[row.indices] = row.data
-                m.setObjective(obj @ x + float(consts[k]), G.MINIMIZE)
+                _set_objective(m, x, model, objs.getrow(k), float(consts[k]))
                 m.Params.TimeLimit = max(0.01, min(per_row, left))
                 m.Params.BestBdStop = G.INFINITY if stop is None else float(stop[k])
                 self._optimize(m)
@@ -180,6 +175,13 @@ class GurobiBackend:
         if st in (G.TIME_LIMIT, G.INTERRUPTED, G.WORK_LIMIT, G.NODE_LIMIT, G.ITERATION_LIMIT):
             return SolveResult("limit", backend=self.name, message="no solution within the limit")
         return SolveResult("error", backend=self.name, message=f"Gurobi status {st}")
+
+
+def _set_objective(m: Any, x: Any, model: LinearModel, row: Any, const: float) -> None:
+    """Minimise the sparse ``row`` (one CSR row) plus ``const`` over ``x``."""
+    obj = np.zeros(model.n_vars)
+    obj[row.indices] = row.data
+    m.setObjective(obj @ x + const, gp.GRB.MINIMIZE)
 
 
 def _add(m: Any, x: Any, A: sp.csr_matrix, mask: np.ndarray, sense: str, rhs: np.ndarray) -> None:

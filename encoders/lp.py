@@ -82,14 +82,21 @@ def tighten(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, inte
         consts = np.concatenate([out.c, -out.c])
         res = disp.solve_many(model, objs, consts, end - time.monotonic(), float(cfg.feasibility_tol))
         vals = np.array([solve_value(r) for r in res])
-        k = sel.size
-        new_lo, new_hi = vals[:k], -vals[k:]
-        new_lo = new_lo - eps * (1 + np.abs(new_lo))
-        new_hi = new_hi + eps * (1 + np.abs(new_hi))
-        lo[sel] = np.maximum(lo[sel], np.where(np.isfinite(new_lo), new_lo, -np.inf))
-        hi[sel] = np.minimum(hi[sel], np.where(np.isfinite(new_hi), new_hi, np.inf))
+        intersect_loosened(lo, hi, sel, vals[:sel.size], vals[sel.size:], eps)
         bounds[j] = (lo, np.maximum(hi, lo))
     return bounds
+
+
+def intersect_loosened(lo: np.ndarray, hi: np.ndarray, sel: np.ndarray, low: np.ndarray,
+                       neg_high: np.ndarray, eps: float) -> None:
+    """Intersect ``[lo, hi]`` at ``sel`` with solver bounds ``min z >= low`` and
+    ``min -z >= neg_high``, each loosened by the relative slack ``eps`` (the solver's optimum
+    holds within its tolerances); non-finite bounds (unfinished, or ``+inf`` for an infeasible
+    program) change nothing."""
+    new_lo = low - eps * (1 + np.abs(low))
+    new_hi = -neg_high + eps * (1 + np.abs(neg_high))
+    lo[sel] = np.maximum(lo[sel], np.where(np.isfinite(new_lo), new_lo, -np.inf))
+    hi[sel] = np.minimum(hi[sel], np.where(np.isfinite(new_hi), new_hi, np.inf))
 
 
 def _numel(network: Network, k: int) -> int:

@@ -24,7 +24,7 @@ prefix over the licence's size limit ends the walk (``RefineReport.stopped``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ import scipy.sparse as sp
 
 from encoders.backends import Dispatcher
 from encoders.decide import prove_eps
+from encoders.lp import intersect_loosened
 from encoders.encoding import Bounds, UnsupportedNetwork, encode, float64_network, resize
 from encoders.model import lower
 from onnx_models import layers as L
@@ -62,38 +63,24 @@ def milp_refine(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, 
     bounds = {k: (_flat64(lo), _flat64(hi)) for k, (lo, hi) in intermediate.items()}
     report = RefineReport()
     eps = prove_eps(cfg)
-    net64 = float64_network(network)
-    for j in _relu_inputs(network):
-        if j not in bounds:
-            continue
-        if check is not None:
-            check()
-        if time.monotonic() >= end - 0.01:
-            report.stopped = "time"
-            break
-        lo, hi = bounds[j]
-        sel = np.nonzero((lo < 0) & (hi > 0))[0]
-        if sel.size == 0:
-            continue
-        sel = sel[np.argsort(-np.minimum(-lo[sel], hi[sel]), kind="stable")]  # widest kinks first
-        try:
-            enc = encode(net64, lower_box, upper_box, None, bounds, upto=j)
-        except UnsupportedNetwork:
-            report.stopped = "unsupported"
-            break
-        if enc.empty:
-            break
-        model = lower(enc, "milp")
-        if not model.integer.any():
-            continue  # no unstable ReLU before j: the current bounds are already exact enough
-        vals = _layer_bounds(disp, model, enc.output.rows(sel), per_neuron, end, cfg)
-        if vals is None:
-            report.stopped = "licence"
-            break
-        report.layers += 1
-        report.solves += int(np.isfinite(vals).sum())
-        _apply(lo, hi, sel, vals, eps)
-        report.stabilised += int(sel.size - ((lo[sel] < 0) & (hi[sel] > 0)).sum())
+    try:
+        for j, sel, enc, model in _layer_models(network, lower_box, upper_box, bounds, check):
+            if time.monotonic() >= end - 0.01:
+                report.stopped = "time"
+                break
+            lo, hi = bounds[j]
+            sel = sel[np.argsort(-np.minimum(-lo[sel], hi[sel]), kind="stable")]  # widest kinks first
+            vals = _layer_bounds(disp, model, enc.output.rows(sel), per_neuron, end, cfg)
+            if vals is None:
+                report.stopped = "licence"
+                break
+            report.layers += 1
+            report.solves += int(np.isfinite(vals).sum())
+            intersect_loosened(lo, hi, sel, vals[0::2], vals[1::2], eps)
+            hi[sel] = np.maximum(hi[sel], lo[sel])
+            report.stabilised += int(sel.size - ((lo[sel] < 0) & (hi[sel] > 0)).sum())
+    except UnsupportedNetwork:
+        report.stopped = "unsupported"
     report.seconds = time.monotonic() - t0
     return bounds, report
 
@@ -103,24 +90,39 @@ def refinable(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, in
     """Whether :func:`milp_refine` can tighten anything: some unstable ReLU input has binaries
     before it, and Gurobi bounds that layer's MILP (one short solve; licence limits show here)."""
     bounds = {k: (_flat64(lo), _flat64(hi)) for k, (lo, hi) in intermediate.items()}
+    try:
+        for _, sel, enc, model in _layer_models(network, lower_box, upper_box, bounds):
+            out = enc.output.rows(sel[:1])
+            A = sp.csr_matrix(resize(out.A, model.n_vars))
+            got = disp.dual_bounds(model, A, out.c, 0.05, time.monotonic() + 1.0, float(cfg.feasibility_tol))
+            return got is not None
+    except UnsupportedNetwork:
+        return False
+    return False
+
+
+def _layer_models(network: Network, lower_box: np.ndarray, upper_box: np.ndarray, bounds: Bounds,
+                  check: Callable[[], None] | None = None) -> Iterator[tuple[int, np.ndarray, Any, Any]]:
+    """``(node, unstable neurons, encoding, MILP)`` for every ReLU input in order that has an
+    unstable neuron and a binary before it (the first layer's bounds are exact already), each
+    encoded with ``bounds`` as they are when it is reached (the caller may tighten them in
+    between); stops at an empty prefix. :class:`UnsupportedNetwork` propagates."""
     net64 = float64_network(network)
     for j in _relu_inputs(network):
-        lo, hi = bounds.get(j, (np.zeros(0), np.zeros(0)))
+        if j not in bounds:
+            continue
+        if check is not None:
+            check()
+        lo, hi = bounds[j]
         sel = np.nonzero((lo < 0) & (hi > 0))[0]
         if sel.size == 0:
             continue
-        try:
-            enc = encode(net64, lower_box, upper_box, None, bounds, upto=j)
-        except UnsupportedNetwork:
-            return False
+        enc = encode(net64, lower_box, upper_box, None, bounds, upto=j)
+        if enc.empty:
+            return
         model = lower(enc, "milp")
-        if enc.empty or not model.integer.any():
-            continue
-        out = enc.output.rows(sel[:1])
-        A = sp.csr_matrix(resize(out.A, model.n_vars))
-        got = disp.dual_bounds(model, A, out.c, 0.05, time.monotonic() + 1.0, float(cfg.feasibility_tol))
-        return got is not None
-    return False
+        if model.integer.any():
+            yield j, sel, enc, model
 
 
 def _flat64(value: Any) -> np.ndarray:
@@ -146,14 +148,3 @@ def _layer_bounds(disp: Dispatcher, model: Any, out: Any, per_neuron: float, end
     consts = np.stack([out.c, -out.c], 1).reshape(-1)
     return disp.dual_bounds(model, objs, consts, per_neuron, end, float(cfg.feasibility_tol),
                             stop=np.zeros(2 * k), skip=lambda r, got: r % 2 == 1 and got[r - 1] >= 0)
-
-
-def _apply(lo: np.ndarray, hi: np.ndarray, sel: np.ndarray, vals: np.ndarray, eps: float) -> None:
-    """Intersect ``[lo, hi]`` at ``sel`` with the loosened MILP bounds (finite ones only; an
-    infeasible prefix, ``+inf``, changes nothing)."""
-    low, neg_high = vals[0::2], vals[1::2]
-    new_lo = low - eps * (1 + np.abs(low))
-    new_hi = -neg_high + eps * (1 + np.abs(neg_high))
-    lo[sel] = np.maximum(lo[sel], np.where(np.isfinite(new_lo), new_lo, -np.inf))
-    hi[sel] = np.minimum(hi[sel], np.where(np.isfinite(new_hi), new_hi, np.inf))
-    hi[sel] = np.maximum(hi[sel], lo[sel])
