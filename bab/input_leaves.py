@@ -30,6 +30,7 @@ from bab.result import Counterexample
 from bab.store import TensorBatch
 
 MIN_WIDTH = 1e-9  # boxes narrower than this in every dimension cannot be split further
+BOX_CHUNK = 32  # leaf boxes whose float64 node bounds one pass computes (decide_leaves)
 NEVER = 1 << 30  # the ``tried`` count of a box whose lineage has not tried the solver yet
 
 
@@ -76,14 +77,17 @@ class ExactLeaves:
         Refuted clauses close; a box with none left is proven. A tiny box the solver cannot
         settle makes the answer unknown; a larger one goes back to splitting (also untried,
         once the time share is spent)."""
-        back = []
+        back: list[int] = []
+        boxes: dict[int, dict[int, Any]] = {}
         for i in range(len(leaves)):
             tiny = bool(((leaves["upper"][i] - leaves["lower"][i]) <= MIN_WIDTH).all())
             if not tiny and not self._exact_allowed():
                 back.append(i)
                 continue
             t0 = time.monotonic()
-            verdict, cex = self._decide_box(leaves, i, tiny)
+            if i not in boxes:
+                boxes = self._boxes64(leaves, i, min(len(leaves), i + BOX_CHUNK))
+            verdict, cex = self._decide_box(leaves, i, tiny, boxes[i])
             if not tiny:
                 self._exact_time += time.monotonic() - t0
                 leaves["tried"][i] = leaves["unstable"][i]
@@ -95,12 +99,13 @@ class ExactLeaves:
                 back.append(i)
         return "unsat", None, leaves.select(torch.tensor(back, dtype=torch.long, device=self.device))
 
-    def _decide_box(self, leaves: TensorBatch, i: int, tiny: bool) -> tuple[str, Counterexample | None]:
-        """``("closed"|"open"|"sat", cex)`` for box ``i``; refuted clauses leave its ``open`` mask."""
+    def _decide_box(self, leaves: TensorBatch, i: int, tiny: bool,
+                    boxes: dict[int, Any]) -> tuple[str, Counterexample | None]:
+        """``("closed"|"open"|"sat", cex)`` for box ``i`` (``boxes``: its float64 node bounds);
+        refuted clauses leave its ``open`` mask."""
         lo, hi = (leaves[k][i].double().cpu().numpy() for k in ("lower", "upper"))
         r = int(leaves["region"][i])
         region = self.regions[r]
-        boxes = self._boxes64(leaves["lower"][i], leaves["upper"][i], r)
         limit = self.leaf_time_limit if tiny else self.exact_time_limit
         still_open = False
         for k in leaves["open"][i].nonzero().flatten().tolist():
@@ -121,12 +126,13 @@ class ExactLeaves:
             still_open = True
         return ("open" if still_open else "closed"), None
 
-    def _boxes64(self, lower: torch.Tensor, upper: torch.Tensor, region: int) -> dict[int, Any]:
-        """Float64 bounds of every node's output on one box, widened by a hair (for the MILP)."""
-        lo, hi = lower.double()[None], upper.double()[None]
-        reg = torch.tensor([region], device=self.device)
-        C = self.C[reg].double()
-        dom = Domains(lo, hi, C, **self._ball_kw(reg, torch.float64))
+    def _boxes64(self, leaves: TensorBatch, start: int, stop: int) -> dict[int, dict[int, Any]]:
+        """Float64 bounds of every node's output on boxes ``start .. stop - 1`` of ``leaves``
+        (one batched pass), widened by a hair (for the MILP): ``{box: {node: (lo, hi)}}``."""
+        lo, hi = leaves["lower"][start:stop].double(), leaves["upper"][start:stop].double()
+        reg = leaves["region"][start:stop].to(self.device)
+        dom = Domains(lo, hi, self.C[reg].double(), **self._ball_kw(reg, torch.float64))
         out = self.exact.bound(self._net_for(torch.float64), dom).intermediate or {}
         pad = lambda t: 1e-9 * (1.0 + t.abs())
-        return {j: ((a - pad(a))[0].cpu().numpy(), (b + pad(b))[0].cpu().numpy()) for j, (a, b) in out.items()}
+        wide = {j: ((a - pad(a)).cpu().numpy(), (b + pad(b)).cpu().numpy()) for j, (a, b) in out.items()}
+        return {start + k: {j: (a[k], b[k]) for j, (a, b) in wide.items()} for k in range(stop - start)}
