@@ -106,6 +106,12 @@ class Pipeline:
         threads = self.cfg.verify.threads or self._auto_threads()
         if threads > 0:
             torch.set_num_threads(threads)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=threads if threads > 0 else None):  # numpy's BLAS too
+            return self._run()
+
+    def _run(self) -> Result:
         try:
             cex = self._attack() if self.cfg.falsify.enabled else None
             if cex is not None:
