@@ -1,5 +1,5 @@
-"""A dense fast path of :func:`encoders.encoding.encode` for plain chains of affine layers and
-ReLUs (ACAS Xu, mnistfc, ERAN's fully connected networks).
+"""A dense fast path of :func:`encoders.encoding.encode` for plain chains of fully connected
+layers, normalisations, reshapes and ReLUs (ACAS Xu, mnistfc, ERAN's fully connected networks).
 
 The general encoder composes one sparse matrix per node and pays scipy's fixed cost a hundred
 times per call: about 10 ms for a six-layer, 50-neuron network, more than the MILP of a small
@@ -19,23 +19,24 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from encoders.affine import AFFINE, affine_map
+from encoders.affine import affine_map
 from encoders.encoding import (BOUND_SLACK, Encoding, Expr, ReluBlock, RowBlock, _Builder, _Ctx, flat,
                                widen)
 from onnx_models import layers as L
 from onnx_models.network import Network
 
-MAX_WIDTH = 2048  # widest node (and input) the dense walk takes; wider chains use the sparse encoder
+MAX_WIDTH = 1024  # widest node (and input) the dense walk takes; wider chains use the sparse encoder
+DENSE_LAYERS = (L.Linear, L.ElementwiseAffine, L.Reshape, L.ReLU)  # (convolutions stay sparse)
 _DENSE: weakref.WeakKeyDictionary[L.Layer, dict] = weakref.WeakKeyDictionary()
 
 
 def chain_nodes(network: Network, last: int) -> bool:
     """Whether nodes ``0..last`` form a chain (each reads the one before it, the first the
-    input) of affine layers and ReLUs, none wider than :data:`MAX_WIDTH`."""
+    input) of :data:`DENSE_LAYERS`, none wider than :data:`MAX_WIDTH`."""
     if network.n_inputs > MAX_WIDTH:
         return False
     for i, node in enumerate(network.nodes[:last + 1]):
-        if list(node.inputs) != [i - 1] or not isinstance(node.layer, AFFINE + (L.ReLU,)):
+        if list(node.inputs) != [i - 1] or not isinstance(node.layer, DENSE_LAYERS):
             return False
         if int(np.prod(node.out_shape)) > MAX_WIDTH:
             return False
@@ -47,19 +48,20 @@ def encode_chain(network: Network, lower: np.ndarray, upper: np.ndarray, phases:
     """:func:`encoders.encoding.encode` of nodes ``0..last`` of a chain (see
     :func:`chain_nodes`) on the box, without a ball; flat float64 ``lower``/``upper``."""
     walk = _Walk(_Ctx(network, _Builder(), lower, upper, phases, intermediate))
-    E, c = np.eye(lower.size), np.zeros(lower.size)
+    E, c = None, np.zeros(lower.size)  # None: the identity on the input variables
     walk.new_vars(lower, upper)
     for idx in range(last + 1):
         if check is not None:
             check()
         node = network.nodes[idx]
         if isinstance(node.layer, L.ReLU):
-            E, c = walk.relu(idx, E, c)
+            E, c = walk.relu(idx, np.eye(c.size) if E is None else E, c)
         else:
             M, off = _dense_map(node.layer, walk.ctx.in_shape(node.inputs[0]), tuple(node.out_shape))
-            E, c = M @ E, M @ c + off
+            E, c = M.copy() if E is None else M @ E, M @ c + off
     ctx, n = walk.ctx, walk.n
-    out = Expr(sp.csr_matrix(_pad(E, n)), c)
+    E = np.eye(c.size) if E is None else E
+    out = Expr(_csr(_pad(E, n)), c)
     return Encoding(np.concatenate(walk.lb), np.concatenate(walk.ub), walk.rows, ctx.relus, [],
                     np.arange(lower.size), out, {}, ctx.pre_bounds, ctx.empty)
 
@@ -76,7 +78,19 @@ def _dense_map(layer: L.Layer, in_shape: tuple[int, ...], out_shape: tuple[int, 
 
 def _pad(E: np.ndarray, n: int) -> np.ndarray:
     """``E`` with ``n`` columns (zeros appended)."""
-    return E if E.shape[1] == n else np.pad(E, ((0, 0), (0, n - E.shape[1])))
+    if E.shape[1] == n:
+        return E
+    out = np.zeros((E.shape[0], n))
+    out[:, :E.shape[1]] = E
+    return out
+
+
+def _csr(A: np.ndarray) -> sp.csr_matrix:
+    """The nonzeros of a dense ``A`` as CSR (without scipy's detour through COO)."""
+    rows, cols = np.nonzero(A)
+    indptr = np.zeros(A.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=A.shape[0]), out=indptr[1:])
+    return sp.csr_matrix((A[rows, cols], cols, indptr), shape=A.shape)
 
 
 class _Walk:
@@ -97,7 +111,7 @@ class _Walk:
         return idx
 
     def add_rows(self, A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray, kind: str) -> None:
-        self.rows.append(RowBlock(sp.csr_matrix(A), lo - c, hi - c, kind))
+        self.rows.append(RowBlock(_csr(A), lo - c, hi - c, kind))
 
     def relu(self, idx: int, E: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Node ``idx`` (a ReLU) on the input rows ``E v + c``, as in ``encoding._relu``."""
@@ -123,7 +137,7 @@ class _Walk:
         p = self.new_vars(lw, hw)
         A = _pad(E[unstable], self.n)
         A[np.arange(unstable.size), p] -= 1.0
-        self.rows.append(RowBlock(sp.csr_matrix(A), -c[unstable], -c[unstable], "def"))
+        self.rows.append(RowBlock(_csr(A), -c[unstable], -c[unstable], "def"))
         y = self.new_vars(np.zeros(unstable.size), hw)
         ctx.relus.append(ReluBlock(idx, p, y, lw, hw))
         out = _pad(out, self.n)

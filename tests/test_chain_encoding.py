@@ -86,7 +86,9 @@ def test_normalised_input_and_reshape_match():
 
 
 def test_non_chains_take_the_general_encoder():
-    """A max-pool (and the sigmoid) keep the CNN out of the dense walk."""
+    """Convolutions, max-pool and sigmoid keep the CNN out of the dense walk; its first node
+    (an elementwise normalisation) alone is a chain."""
     net = small_cnn()
     assert not chain_nodes(net, len(net.nodes) - 1)
-    assert chain_nodes(net, 2)  # the prefix before the first ReLU is affine only
+    assert not chain_nodes(net, 2)
+    assert chain_nodes(net, 0)
