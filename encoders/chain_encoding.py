@@ -20,8 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from encoders.affine import affine_map
-from encoders.encoding import (BOUND_SLACK, Encoding, Expr, ReluBlock, RowBlock, _Builder, _Ctx, flat,
-                               widen)
+from encoders.encoding import Encoding, Expr, ReluBlock, RowBlock, _Builder, _Ctx, relu_phase_bounds, widen
 from onnx_models import layers as L
 from onnx_models.network import Network
 
@@ -49,7 +48,7 @@ def encode_chain(network: Network, lower: np.ndarray, upper: np.ndarray, phases:
     :func:`chain_nodes`) on the box, without a ball; flat float64 ``lower``/``upper``."""
     walk = _Walk(_Ctx(network, _Builder(), lower, upper, phases, intermediate))
     E, c = None, np.zeros(lower.size)  # None: the identity on the input variables
-    walk.new_vars(lower, upper)
+    walk.b.new_vars(lower, upper)
     for idx in range(last + 1):
         if check is not None:
             check()
@@ -59,10 +58,10 @@ def encode_chain(network: Network, lower: np.ndarray, upper: np.ndarray, phases:
         else:
             M, off = _dense_map(node.layer, walk.ctx.in_shape(node.inputs[0]), tuple(node.out_shape))
             E, c = M.copy() if E is None else M @ E, M @ c + off
-    ctx, n = walk.ctx, walk.n
+    ctx, b = walk.ctx, walk.b
     E = np.eye(c.size) if E is None else E
-    out = Expr(_csr(_pad(E, n)), c)
-    return Encoding(np.concatenate(walk.lb), np.concatenate(walk.ub), walk.rows, ctx.relus, [],
+    out = Expr(_csr(_pad(E, b.n)), c)
+    return Encoding(np.concatenate(b.lb), np.concatenate(b.ub), b.rows, ctx.relus, [],
                     np.arange(lower.size), out, {}, ctx.pre_bounds, ctx.empty)
 
 
@@ -94,35 +93,19 @@ def _csr(A: np.ndarray) -> sp.csr_matrix:
 
 
 class _Walk:
-    """Variables and rows of one dense walk (the dense twin of :class:`~encoders.encoding._Builder`)."""
+    """Dense rows of one walk; variables and rows live in the walk's
+    :class:`~encoders.encoding._Builder` (``ctx.b``), as in the sparse encoder."""
 
     def __init__(self, ctx: _Ctx) -> None:
-        self.ctx = ctx
-        self.lb: list[np.ndarray] = []
-        self.ub: list[np.ndarray] = []
-        self.rows: list[RowBlock] = []
-        self.n = 0
-
-    def new_vars(self, lb: np.ndarray, ub: np.ndarray) -> np.ndarray:
-        idx = np.arange(self.n, self.n + lb.size)
-        self.lb.append(np.asarray(lb, np.float64))
-        self.ub.append(np.asarray(ub, np.float64))
-        self.n += lb.size
-        return idx
+        self.ctx, self.b = ctx, ctx.b
 
     def add_rows(self, A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray, kind: str) -> None:
-        self.rows.append(RowBlock(_csr(A), lo - c, hi - c, kind))
+        self.b.rows.append(RowBlock(_csr(A), lo - c, hi - c, kind))
 
     def relu(self, idx: int, E: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Node ``idx`` (a ReLU) on the input rows ``E v + c``, as in ``encoding._relu``."""
-        ctx, k = self.ctx, c.size
-        lo0, hi0 = ctx.bounds(ctx.network.nodes[idx].inputs[0])
-        ph = flat(ctx.phases[idx], k) if idx in ctx.phases else np.zeros(k)
-        lo = np.where(ph > 0, np.maximum(lo0, 0.0), lo0)
-        hi = np.where(ph < 0, np.minimum(hi0, 0.0), hi0)
-        if np.any(lo - hi > BOUND_SLACK * (1 + np.abs(lo) + np.abs(hi))):
-            ctx.empty = True
-        pos, neg = np.nonzero((ph > 0) & (lo0 < 0))[0], np.nonzero((ph < 0) & (hi0 > 0))[0]
+        ctx, b = self.ctx, self.b
+        lo, hi, pos, neg = relu_phase_bounds(ctx, idx, c.size)
         if pos.size:
             self.add_rows(E[pos], c[pos], np.zeros(pos.size), np.full(pos.size, np.inf), "phase")
         if neg.size:
@@ -134,12 +117,12 @@ class _Walk:
         if unstable.size == 0:
             return out, c_out
         lw, hw = widen(lo[unstable], hi[unstable])
-        p = self.new_vars(lw, hw)
-        A = _pad(E[unstable], self.n)
+        p = b.new_vars(lw, hw)
+        A = _pad(E[unstable], b.n)
         A[np.arange(unstable.size), p] -= 1.0
-        self.rows.append(RowBlock(_csr(A), -c[unstable], -c[unstable], "def"))
-        y = self.new_vars(np.zeros(unstable.size), hw)
+        self.add_rows(A, c[unstable], np.zeros(unstable.size), np.zeros(unstable.size), "def")
+        y = b.new_vars(np.zeros(unstable.size), hw)
         ctx.relus.append(ReluBlock(idx, p, y, lw, hw))
-        out = _pad(out, self.n)
+        out = _pad(out, b.n)
         out[unstable, y] = 1.0
         return out, c_out

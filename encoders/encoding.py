@@ -359,16 +359,24 @@ def _encode_node(ctx: _Ctx, idx: int, args: list[Expr]) -> Expr:
     return nonlinear.encode_node(ctx, idx, args)
 
 
-def _relu(ctx: _Ctx, idx: int, pre: Expr) -> Expr:
-    """Stable neurons pass or vanish; unstable ones get ``p``/``y`` variables and a block."""
-    b, n = ctx.b, pre.c.size
+def relu_phase_bounds(ctx: _Ctx, idx: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, hi, pos, neg)`` of the ReLU node ``idx``: its input bounds clipped by the fixed
+    phases, and the neurons whose active (``pos``) or inactive (``neg``) phase needs a row.
+    Marks the domain empty when a fixed phase contradicts the sound bounds."""
     lo0, hi0 = ctx.bounds(ctx.network.nodes[idx].inputs[0])
     ph = flat(ctx.phases[idx], n) if idx in ctx.phases else np.zeros(n)
     lo = np.where(ph > 0, np.maximum(lo0, 0.0), lo0)
     hi = np.where(ph < 0, np.minimum(hi0, 0.0), hi0)
     if np.any(lo - hi > BOUND_SLACK * (1 + np.abs(lo) + np.abs(hi))):
-        ctx.empty = True  # a fixed phase contradicts sound bounds: the domain is empty
+        ctx.empty = True
     pos, neg = np.nonzero((ph > 0) & (lo0 < 0))[0], np.nonzero((ph < 0) & (hi0 > 0))[0]
+    return lo, hi, pos, neg
+
+
+def _relu(ctx: _Ctx, idx: int, pre: Expr) -> Expr:
+    """Stable neurons pass or vanish; unstable ones get ``p``/``y`` variables and a block."""
+    b, n = ctx.b, pre.c.size
+    lo, hi, pos, neg = relu_phase_bounds(ctx, idx, n)
     if pos.size:
         b.add_rows(pre.rows(pos), np.zeros(pos.size), np.full(pos.size, np.inf), "phase")
     if neg.size:
